@@ -1,0 +1,164 @@
+//! The HTTP API: one router module per area, assembled here with the OpenAPI document.
+
+pub mod auth;
+pub mod events;
+pub mod extract;
+pub mod health;
+pub mod users;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderValue, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use serde::Serialize;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::set_header::SetResponseHeaderLayer;
+use tower_http::trace::TraceLayer;
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::app::AppState;
+use crate::error::Error;
+
+/// The body of every error answer.
+#[derive(Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// What is wrong, in words.
+    pub error: String,
+}
+
+/// `{"success": true}`.
+#[derive(Serialize, ToSchema)]
+pub struct Success {
+    pub success: bool,
+}
+
+impl Success {
+    /// The one value.
+    pub const OK: Success = Success { success: true };
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Server Monitor hub API",
+        description = "Self-hosted server fleet monitor. Authenticate with `Authorization: Bearer <token>` (a session token from `/api/auth/login` or a personal API token) or the `smon_session` cookie. Errors are `{\"error\": \"...\"}`.",
+        license(name = "Apache-2.0")
+    ),
+    modifiers(&SecuritySchemes),
+    security(("bearer" = []), ("cookie" = [])),
+    tags(
+        (name = "system", description = "Liveness, readiness and this document"),
+        (name = "auth", description = "Login, logout, token checks"),
+        (name = "users", description = "User accounts and personal API tokens"),
+        (name = "events", description = "The event log: audit trail, recent activity, catalog"),
+    )
+)]
+struct ApiDoc;
+
+struct SecuritySchemes;
+
+impl Modify for SecuritySchemes {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+        components.add_security_scheme(
+            "cookie",
+            SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::new(extract::SESSION_COOKIE))),
+        );
+    }
+}
+
+fn api_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(health::health))
+        .routes(routes!(health::ready))
+        .routes(routes!(auth::login))
+        .routes(routes!(auth::logout))
+        .routes(routes!(auth::verify))
+        .routes(routes!(users::list_users, users::create_user))
+        .routes(routes!(users::me))
+        .routes(routes!(users::change_own_password))
+        .routes(routes!(users::list_tokens, users::create_token))
+        .routes(routes!(users::revoke_token))
+        .routes(routes!(
+            users::get_user,
+            users::update_user,
+            users::delete_user
+        ))
+        .routes(routes!(events::audit_logs))
+        .routes(routes!(events::recent_activity))
+        .routes(routes!(events::event_types))
+}
+
+/// The OpenAPI document of this build.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    let mut doc = api_routes().split_for_parts().1;
+    doc.info.version = crate::VERSION.to_string();
+    doc
+}
+
+/// Render the OpenAPI document as committed in `docs/openapi.json`.
+pub fn openapi_json() -> String {
+    let mut text = openapi()
+        .to_pretty_json()
+        .expect("OpenAPI document serialises");
+    text.push('\n');
+    text
+}
+
+/// The whole HTTP application.
+pub fn router(state: AppState) -> Router {
+    let spec: Arc<str> = openapi_json().into();
+    let (api, _) = api_routes().split_for_parts();
+    api.route(
+        "/api/openapi.json",
+        get(move || {
+            let spec = spec.clone();
+            async move {
+                (
+                    [(header::CONTENT_TYPE, "application/json")],
+                    spec.to_string(),
+                )
+            }
+        }),
+    )
+    .route("/", get(home))
+    .fallback(|| async { Error::NotFound("route".into()) })
+    .method_not_allowed_fallback(|| async { Error::MethodNotAllowed })
+    .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
+    .layer(CatchPanicLayer::custom(
+        |_panic: Box<dyn std::any::Any + Send>| -> Response {
+            tracing::error!("request handler panicked");
+            Error::Internal(anyhow::anyhow!("handler panicked")).into_response()
+        },
+    ))
+    .layer(SetResponseHeaderLayer::overriding(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    ))
+    .layer(SetResponseHeaderLayer::if_not_present(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-store"),
+    ))
+    .layer(TraceLayer::new_for_http())
+    .with_state(state)
+}
+
+async fn home() -> Html<String> {
+    Html(format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Server Monitor</title></head>\
+         <body><h1>Server Monitor hub {}</h1><p>The hub is running. The web interface arrives in a later \
+         release; use the JSON API meanwhile: log in with <code>POST /api/auth/login</code>.</p>\
+         <p><a href=\"/api/openapi.json\">OpenAPI document</a> · <a href=\"/api/health\">health</a></p></body></html>",
+        crate::VERSION
+    ))
+}

@@ -1,0 +1,161 @@
+//! Starting and stopping the hub: store, services, background workers and the HTTP server.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::AuthService;
+use crate::config::Config;
+use crate::events::EventService;
+use crate::store::Store;
+use crate::store::sqlite::SqliteStore;
+use crate::system::SystemService;
+use crate::users::{FirstAdmin, UserService};
+
+/// Everything a request handler can reach: the services, never the store directly.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub auth: AuthService,
+    pub users: UserService,
+    pub events: EventService,
+    pub system: SystemService,
+}
+
+/// Open the configured store and apply migrations.
+pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    let url = config.effective_database_url();
+    let store = SqliteStore::open(&url)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}: {:#}", InternalDetail(&e)))?;
+    Ok(Arc::new(store))
+}
+
+/// Shows the cause chain of an internal error at the binary's edge (never to HTTP clients).
+struct InternalDetail<'a>(&'a crate::error::Error);
+
+impl std::fmt::Display for InternalDetail<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            crate::error::Error::Internal(e) => write!(f, "{e:#}"),
+            other => write!(f, "{other}"),
+        }
+    }
+}
+
+/// A running hub.
+pub struct Hub {
+    addr: SocketAddr,
+    first_admin: FirstAdmin,
+    shutdown: CancellationToken,
+    server: JoinHandle<std::io::Result<()>>,
+    workers: Vec<(&'static str, JoinHandle<()>)>,
+    store: Arc<dyn Store>,
+}
+
+impl Hub {
+    /// Open the store, create the first admin if needed, start the workers and serve HTTP.
+    pub async fn start(config: Config) -> anyhow::Result<Hub> {
+        let store = open_store(&config).await?;
+        let users = UserService::new(store.clone());
+        let first_admin = users
+            .ensure_first_admin(Some(config.admin_password.as_str()))
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!("creating the first admin: {e}: {:#}", InternalDetail(&e))
+            })?;
+
+        let state = AppState {
+            auth: AuthService::new(store.clone(), config.auth.clone()),
+            users,
+            events: EventService::new(store.clone()),
+            system: SystemService::new(store.clone()),
+            config: Arc::new(config),
+        };
+        let shutdown = CancellationToken::new();
+        let workers = vec![(
+            "auth-housekeeping",
+            spawn_housekeeping(state.auth.clone(), shutdown.clone()),
+        )];
+
+        let listener = tokio::net::TcpListener::bind(&state.config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", state.config.listen))?;
+        let addr = listener.local_addr()?;
+        let app = crate::api::router(state);
+        let stop = shutdown.clone();
+        let server = tokio::spawn(async move {
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await
+        });
+        tracing::info!(%addr, "hub listening");
+        Ok(Hub {
+            addr,
+            first_admin,
+            shutdown,
+            server,
+            workers,
+            store,
+        })
+    }
+
+    /// The address the HTTP server is bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// What start did about the first admin.
+    pub fn first_admin(&self) -> &FirstAdmin {
+        &self.first_admin
+    }
+
+    /// Stop accepting requests, let in-flight ones finish (up to `grace`), stop the workers and
+    /// close the database.
+    pub async fn shutdown(self, grace: Duration) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        let mut server = self.server;
+        match tokio::time::timeout(grace, &mut server).await {
+            Ok(joined) => joined.context("HTTP server task")?.context("HTTP server")?,
+            Err(_) => {
+                tracing::warn!(
+                    ?grace,
+                    "requests still running after the grace period; aborting them"
+                );
+                server.abort();
+            }
+        }
+        for (name, worker) in self.workers {
+            if let Err(e) = worker.await {
+                tracing::error!(worker = name, error = %e, "worker ended abnormally");
+            }
+        }
+        self.store.close().await;
+        tracing::info!("hub stopped");
+        Ok(())
+    }
+}
+
+/// Periodically purge expired sessions and prune login limiter state.
+fn spawn_housekeeping(auth: AuthService, shutdown: CancellationToken) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tick.tick() => match auth.housekeeping().await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::debug!(purged = n, "expired sessions purged"),
+                    Err(e) => tracing::warn!(error = %e, "auth housekeeping failed"),
+                },
+            }
+        }
+    })
+}

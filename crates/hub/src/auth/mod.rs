@@ -1,0 +1,319 @@
+//! Authentication: logins, sessions, personal API tokens and the caller identity.
+
+pub mod limiter;
+pub mod password;
+pub mod roles;
+pub mod token;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::OnceCell;
+use uuid::Uuid;
+
+use crate::config::AuthConfig;
+use crate::error::{Error, Result};
+use crate::events::{Event, EventType, Origin};
+use crate::store::{Store, TokenKind, TokenRecord, UserRecord};
+use limiter::LoginLimiter;
+use roles::{Permission, Role};
+
+/// Who is making a request, established from a session or personal token.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub user_id: String,
+    pub username: String,
+    pub role: Role,
+    pub token_id: String,
+    pub token_kind: TokenKind,
+    /// Where the request came from, for events.
+    pub origin: Origin,
+}
+
+impl Caller {
+    /// `Forbidden` unless the caller's role holds `permission`.
+    pub fn require(&self, permission: Permission) -> Result<()> {
+        if self.role.allows(permission) {
+            Ok(())
+        } else {
+            Err(Error::Forbidden(format!(
+                "role {} may not {}",
+                self.role.as_str(),
+                permission.describe()
+            )))
+        }
+    }
+}
+
+/// A successful login.
+pub struct LoginOutcome {
+    pub token: String,
+    pub user: UserRecord,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// A newly created personal token; `token` is shown once.
+pub struct NewPersonalToken {
+    pub token: String,
+    pub record: TokenRecord,
+}
+
+const BAD_CREDENTIALS: &str = "invalid username or password";
+const BAD_TOKEN: &str = "invalid or expired token";
+
+/// Logins, logouts and token checks.
+#[derive(Clone)]
+pub struct AuthService {
+    store: Arc<dyn Store>,
+    cfg: AuthConfig,
+    limiter: Arc<LoginLimiter>,
+    /// Hash checked for unknown usernames so that they take as long as wrong passwords.
+    decoy_hash: Arc<OnceCell<String>>,
+}
+
+impl AuthService {
+    /// A service over `store` configured by `cfg`.
+    pub fn new(store: Arc<dyn Store>, cfg: AuthConfig) -> Self {
+        let limiter = Arc::new(LoginLimiter::new(&cfg));
+        Self {
+            store,
+            cfg,
+            limiter,
+            decoy_hash: Arc::new(OnceCell::new()),
+        }
+    }
+
+    /// Check credentials and open a session. Failures are recorded as `user.login_failed`.
+    pub async fn login(
+        &self,
+        username: &str,
+        password: &str,
+        origin: &Origin,
+    ) -> Result<LoginOutcome> {
+        if username.is_empty() {
+            return Err(Error::invalid("username", "must not be empty"));
+        }
+        if password.is_empty() {
+            return Err(Error::invalid("password", "must not be empty"));
+        }
+        if password.len() > password::MAX_LEN * 4 {
+            return Err(Error::invalid("password", "is too long"));
+        }
+        let ip = origin.ip.as_deref().unwrap_or("unknown");
+        if let Err(retry_after) = self.limiter.check(ip, username) {
+            // Not written to the event log: a flood of refused attempts must not flood the log.
+            tracing::warn!(%ip, username, "login rate limit reached");
+            return Err(Error::RateLimited { retry_after });
+        }
+
+        let user = self.store.user_by_username(username).await?;
+        let Some(user) = user else {
+            let decoy = self
+                .decoy_hash
+                .get_or_try_init(|| password::hash("decoy password"))
+                .await?;
+            password::verify(password, decoy).await?;
+            return Err(self
+                .login_failed(username, None, "unknown_user", origin)
+                .await?);
+        };
+        if !password::verify(password, &user.password_hash).await? {
+            return Err(self
+                .login_failed(username, Some(&user.id), "bad_password", origin)
+                .await?);
+        }
+        if !user.enabled {
+            self.login_failed(username, Some(&user.id), "disabled", origin)
+                .await?;
+            return Err(Error::Forbidden("this account is disabled".into()));
+        }
+
+        let now = Utc::now();
+        let expires_at = now + secs(self.cfg.session_max_secs);
+        let token = token::generate(token::SESSION_PREFIX);
+        let record = TokenRecord {
+            id: Uuid::now_v7().to_string(),
+            user_id: user.id.clone(),
+            kind: TokenKind::Session,
+            name: None,
+            token_hash: token::digest(&token),
+            created_at: now,
+            last_used_at: now,
+            expires_at: Some(expires_at),
+        };
+        let origin = Origin {
+            user_id: Some(user.id.clone()),
+            username: Some(user.username.clone()),
+            ..origin.clone()
+        };
+        let event = Event::new(EventType::UserLogin, &origin)
+            .target("user", &user.id)
+            .meta("session_id", record.id.clone());
+        self.store.insert_token(&record, &event).await?;
+        let user = UserRecord {
+            last_login_at: Some(now),
+            ..user
+        };
+        Ok(LoginOutcome {
+            token,
+            user,
+            expires_at,
+        })
+    }
+
+    async fn login_failed(
+        &self,
+        username: &str,
+        user_id: Option<&str>,
+        reason: &str,
+        origin: &Origin,
+    ) -> Result<Error> {
+        let mut event = Event::new(EventType::UserLoginFailed, origin).meta("reason", reason);
+        event.username = Some(username.chars().take(64).collect());
+        event.user_id = user_id.map(str::to_string);
+        if let Some(id) = user_id {
+            event = event.target("user", id);
+        }
+        self.store.append_event(&event).await?;
+        Ok(Error::Unauthorized(BAD_CREDENTIALS.into()))
+    }
+
+    /// The caller a bearer or cookie token belongs to; expired tokens are removed.
+    pub async fn authenticate(&self, token: &str, origin: Origin) -> Result<Caller> {
+        let unauthorized = || Error::Unauthorized(BAD_TOKEN.into());
+        if !token.starts_with(token::SESSION_PREFIX) && !token.starts_with(token::PERSONAL_PREFIX) {
+            return Err(unauthorized());
+        }
+        let Some((record, user)) = self.store.token_with_owner(&token::digest(token)).await? else {
+            return Err(unauthorized());
+        };
+        let now = Utc::now();
+        let idle = secs(self.cfg.session_idle_secs);
+        let expired = record.expires_at.is_some_and(|at| at <= now)
+            || (record.kind == TokenKind::Session && record.last_used_at + idle <= now);
+        if expired {
+            self.store.delete_expired_token(&record.id).await?;
+            return Err(unauthorized());
+        }
+        // Recording every use would put a write on every request; a coarse stamp is enough to
+        // enforce the idle timeout.
+        let stamp_every = (idle / 4).min(chrono::Duration::seconds(60));
+        if now - record.last_used_at >= stamp_every {
+            self.store.touch_token(&record.id, now).await?;
+        }
+        Ok(Caller {
+            origin: Origin {
+                user_id: Some(user.id.clone()),
+                username: Some(user.username.clone()),
+                ..origin
+            },
+            user_id: user.id,
+            username: user.username,
+            role: user.role,
+            token_id: record.id,
+            token_kind: record.kind,
+        })
+    }
+
+    /// End the caller's login session.
+    pub async fn logout(&self, caller: &Caller) -> Result<()> {
+        if caller.token_kind != TokenKind::Session {
+            return Err(Error::BadRequest(
+                "logout ends login sessions; revoke a personal token with DELETE /api/users/me/tokens/{id}"
+                    .into(),
+            ));
+        }
+        let event = Event::new(EventType::UserLogout, &caller.origin)
+            .target("user", &caller.user_id)
+            .meta("session_id", caller.token_id.clone());
+        self.store
+            .delete_token(&caller.user_id, &caller.token_id, &event)
+            .await?;
+        Ok(())
+    }
+
+    /// Create a personal API token for the caller.
+    pub async fn create_personal_token(
+        &self,
+        caller: &Caller,
+        name: &str,
+        expires_in_days: Option<u32>,
+    ) -> Result<NewPersonalToken> {
+        let name = name.trim();
+        if name.is_empty() || name.chars().count() > 100 {
+            return Err(Error::invalid("name", "must be 1 to 100 characters"));
+        }
+        if let Some(days) = expires_in_days {
+            if !(1..=3650).contains(&days) {
+                return Err(Error::invalid(
+                    "expires_in_days",
+                    "must be between 1 and 3650",
+                ));
+            }
+        }
+        let now = Utc::now();
+        let token = token::generate(token::PERSONAL_PREFIX);
+        let record = TokenRecord {
+            id: Uuid::now_v7().to_string(),
+            user_id: caller.user_id.clone(),
+            kind: TokenKind::Personal,
+            name: Some(name.to_string()),
+            token_hash: token::digest(&token),
+            created_at: now,
+            last_used_at: now,
+            expires_at: expires_in_days.map(|d| now + chrono::Duration::days(i64::from(d))),
+        };
+        let event = Event::new(EventType::TokenCreated, &caller.origin)
+            .target("token", &record.id)
+            .meta("name", name);
+        self.store.insert_token(&record, &event).await?;
+        Ok(NewPersonalToken { token, record })
+    }
+
+    /// The caller's personal tokens (never the token values).
+    pub async fn personal_tokens(&self, caller: &Caller) -> Result<Vec<TokenRecord>> {
+        self.store
+            .list_tokens(&caller.user_id, TokenKind::Personal)
+            .await
+    }
+
+    /// Revoke one of the caller's personal tokens.
+    pub async fn revoke_personal_token(&self, caller: &Caller, token_id: &str) -> Result<()> {
+        let owned = self
+            .store
+            .list_tokens(&caller.user_id, TokenKind::Personal)
+            .await?;
+        if !owned.iter().any(|t| t.id == token_id) {
+            return Err(Error::NotFound(format!("token {token_id}")));
+        }
+        let event = Event::new(EventType::TokenRevoked, &caller.origin).target("token", token_id);
+        self.store
+            .delete_token(&caller.user_id, token_id, &event)
+            .await?;
+        Ok(())
+    }
+
+    /// Remove expired sessions and tokens and prune limiter state; run periodically.
+    pub async fn housekeeping(&self) -> Result<u64> {
+        self.limiter.prune();
+        let now = Utc::now();
+        self.store
+            .purge_expired_tokens(now, now - secs(self.cfg.session_idle_secs))
+            .await
+    }
+
+    /// How long a session lives at most (for the cookie's Max-Age).
+    pub fn session_max_age(&self) -> Duration {
+        Duration::from_secs(self.cfg.session_max_secs)
+    }
+
+    /// Whether cookies must be marked `Secure`.
+    pub fn cookie_secure(&self) -> bool {
+        self.cfg.cookie_secure
+    }
+}
+
+fn secs(s: u64) -> chrono::Duration {
+    chrono::Duration::seconds(i64::try_from(s).unwrap_or(i64::MAX / 1000))
+}

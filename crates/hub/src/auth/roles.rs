@@ -1,0 +1,80 @@
+//! Roles and the permission matrix: the one place that says who may do what.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// A user's role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Everything, including users, webhooks and plugins.
+    Admin,
+    /// Servers, tasks and alerts.
+    Operator,
+    /// Read-only.
+    Viewer,
+    /// Read-only plus the audit log.
+    Auditor,
+}
+
+impl Role {
+    /// Every role.
+    pub const ALL: [Role; 4] = [Role::Admin, Role::Operator, Role::Viewer, Role::Auditor];
+
+    /// The wire and database name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Operator => "operator",
+            Role::Viewer => "viewer",
+            Role::Auditor => "auditor",
+        }
+    }
+
+    /// Parse a wire or database name.
+    pub fn parse(s: &str) -> Option<Role> {
+        Self::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+
+    /// Whether this role holds `permission`.
+    pub fn allows(self, permission: Permission) -> bool {
+        permission.roles().contains(&self)
+    }
+}
+
+/// Something a route requires. Each route names exactly one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Permission {
+    /// Read the dashboard: recent activity, the event catalog.
+    ReadDashboard,
+    /// Manage one's own account: password, personal API tokens.
+    ManageOwnAccount,
+    /// Read the full audit log with filters.
+    ReadAuditLog,
+    /// List, create, change and delete users.
+    ManageUsers,
+}
+
+impl Permission {
+    /// The matrix: which roles hold this permission.
+    pub fn roles(self) -> &'static [Role] {
+        use Role::*;
+        match self {
+            Permission::ReadDashboard | Permission::ManageOwnAccount => {
+                &[Admin, Operator, Viewer, Auditor]
+            }
+            Permission::ReadAuditLog => &[Admin, Auditor],
+            Permission::ManageUsers => &[Admin],
+        }
+    }
+
+    /// A phrase for the 403 message.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Permission::ReadDashboard => "read the dashboard",
+            Permission::ManageOwnAccount => "manage this account",
+            Permission::ReadAuditLog => "read the audit log",
+            Permission::ManageUsers => "manage users",
+        }
+    }
+}

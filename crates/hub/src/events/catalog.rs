@@ -1,0 +1,75 @@
+//! The event catalog: every event type the hub emits, in one list.
+//!
+//! A type is added here in the same change that makes the code emit it; the integration tests
+//! check that every entry really appears in the event log after the action that causes it.
+
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::model::Severity;
+
+macro_rules! catalog {
+    ($( $variant:ident = $name:literal, $severity:ident, $description:literal; )*) => {
+        /// An event type from the catalog.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum EventType { $( $variant, )* }
+
+        impl EventType {
+            /// Every event type, in catalog order.
+            pub const ALL: &'static [EventType] = &[ $( EventType::$variant, )* ];
+
+            /// The dot name, e.g. `user.created`.
+            pub fn as_str(self) -> &'static str {
+                match self { $( EventType::$variant => $name, )* }
+            }
+
+            /// The severity events of this type carry unless stated otherwise.
+            pub fn severity(self) -> Severity {
+                match self { $( EventType::$variant => Severity::$severity, )* }
+            }
+
+            /// One line saying when the event is emitted.
+            pub fn description(self) -> &'static str {
+                match self { $( EventType::$variant => $description, )* }
+            }
+        }
+    };
+}
+
+catalog! {
+    UserLogin = "user.login", Info, "A user logged in and got a session.";
+    UserLoginFailed = "user.login_failed", Warning, "A login was refused: unknown user, wrong password, disabled account or rate limit.";
+    UserLogout = "user.logout", Info, "A user logged out; the session was revoked.";
+    UserCreated = "user.created", Info, "A user account was created (API or `smon user add`).";
+    UserUpdated = "user.updated", Info, "A user's role, e-mail, password or enabled flag changed.";
+    UserDeleted = "user.deleted", Warning, "A user account was deleted.";
+    TokenCreated = "token.created", Info, "A personal API token was created.";
+    TokenRevoked = "token.revoked", Info, "A personal API token was revoked.";
+}
+
+impl EventType {
+    /// Look a type up by its dot name.
+    pub fn parse(name: &str) -> Option<EventType> {
+        Self::ALL.iter().copied().find(|t| t.as_str() == name)
+    }
+}
+
+/// A catalog entry as served by `GET /api/events/types`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EventTypeInfo {
+    pub event_type: &'static str,
+    pub severity: Severity,
+    pub description: &'static str,
+}
+
+/// The whole catalog.
+pub fn catalog() -> Vec<EventTypeInfo> {
+    EventType::ALL
+        .iter()
+        .map(|t| EventTypeInfo {
+            event_type: t.as_str(),
+            severity: t.severity(),
+            description: t.description(),
+        })
+        .collect()
+}

@@ -1,0 +1,17 @@
+//! Server Monitor hub: HTTP API, users and roles, the event log, backed by SQLite.
+
+pub mod api;
+pub mod app;
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod events;
+pub mod store;
+pub mod system;
+pub mod users;
+
+pub use app::{AppState, Hub};
+pub use config::Config;
+
+/// The hub's version, as reported by `/api/health` and the CLI.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,489 @@
+//! SQLite backend: WAL mode, one writer connection, a small pool of readers.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::Context;
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
+
+use super::{EventStore, Store, TokenKind, TokenRecord, TokenStore, UserRecord, UserStore};
+use crate::auth::roles::Role;
+use crate::error::{Error, Result};
+use crate::events::{Event, EventFilter, Severity};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// The SQLite store. Writes go through one connection so they never contend for the lock.
+#[derive(Clone)]
+pub struct SqliteStore {
+    read: SqlitePool,
+    write: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Open (creating if needed) the database at `url` and apply pending migrations.
+    pub async fn open(url: &str) -> Result<Self> {
+        let options = SqliteConnectOptions::from_str(url)
+            .with_context(|| format!("invalid SQLite URL {url:?}"))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(5));
+        if let Some(parent) = options
+            .get_filename()
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+        {
+            create_private_dir(parent)?;
+        }
+        let write = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options.clone())
+            .await
+            .with_context(|| {
+                format!("cannot open database {}", options.get_filename().display())
+            })?;
+        MIGRATOR.run(&write).await?;
+        let read = SqlitePoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options.read_only(true))
+            .await
+            .context("cannot open read connections")?;
+        Ok(Self { read, write })
+    }
+}
+
+fn create_private_dir(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create data directory {}", dir.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        // The database holds password hashes and the audit trail: owner only.
+        let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+    }
+    Ok(())
+}
+
+fn ms(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+fn from_ms(v: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(v).unwrap_or_default()
+}
+
+fn corrupt(what: &str, value: &str) -> Error {
+    Error::Internal(anyhow::anyhow!("corrupt {what} in database: {value:?}"))
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
+}
+
+fn user_from_row(row: &SqliteRow) -> Result<UserRecord> {
+    let role: String = row.try_get("role")?;
+    Ok(UserRecord {
+        id: row.try_get("id")?,
+        username: row.try_get("username")?,
+        email: row.try_get("email")?,
+        role: Role::parse(&role).ok_or_else(|| corrupt("role", &role))?,
+        enabled: row.try_get("enabled")?,
+        password_hash: row.try_get("password_hash")?,
+        created_at: from_ms(row.try_get("created_at")?),
+        updated_at: from_ms(row.try_get("updated_at")?),
+        last_login_at: row.try_get::<Option<i64>, _>("last_login_at")?.map(from_ms),
+    })
+}
+
+fn token_from_row(row: &SqliteRow) -> Result<TokenRecord> {
+    let kind: String = row.try_get("kind")?;
+    Ok(TokenRecord {
+        id: row.try_get("id")?,
+        user_id: row.try_get("user_id")?,
+        kind: match kind.as_str() {
+            "session" => TokenKind::Session,
+            "personal" => TokenKind::Personal,
+            _ => return Err(corrupt("token kind", &kind)),
+        },
+        name: row.try_get("name")?,
+        token_hash: row.try_get("token_hash")?,
+        created_at: from_ms(row.try_get("created_at")?),
+        last_used_at: from_ms(row.try_get("last_used_at")?),
+        expires_at: row.try_get::<Option<i64>, _>("expires_at")?.map(from_ms),
+    })
+}
+
+fn event_from_row(row: &SqliteRow) -> Result<Event> {
+    let id: String = row.try_get("event_id")?;
+    let meta: String = row.try_get("meta")?;
+    let severity: String = row.try_get("severity")?;
+    Ok(Event {
+        event_id: id.parse().map_err(|_| corrupt("event id", &id))?,
+        event_type: row.try_get("event_type")?,
+        timestamp: from_ms(row.try_get("ts")?),
+        user_id: row.try_get("user_id")?,
+        username: row.try_get("username")?,
+        server_id: row.try_get("server_id")?,
+        server_name: row.try_get("server_name")?,
+        target_type: row.try_get("target_type")?,
+        target_id: row.try_get("target_id")?,
+        action: row.try_get("action")?,
+        meta: serde_json::from_str(&meta).map_err(|_| corrupt("event meta", &meta))?,
+        ip: row.try_get("ip")?,
+        user_agent: row.try_get("user_agent")?,
+        severity: Severity::parse(&severity).ok_or_else(|| corrupt("severity", &severity))?,
+    })
+}
+
+async fn insert_event(conn: &mut SqliteConnection, e: &Event) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO events (event_id, event_type, ts, user_id, username, server_id, server_name,
+            target_type, target_id, action, meta, ip, user_agent, severity)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(e.event_id.to_string())
+    .bind(&e.event_type)
+    .bind(ms(e.timestamp))
+    .bind(&e.user_id)
+    .bind(&e.username)
+    .bind(&e.server_id)
+    .bind(&e.server_name)
+    .bind(&e.target_type)
+    .bind(&e.target_id)
+    .bind(&e.action)
+    .bind(serde_json::Value::Object(e.meta.clone()).to_string())
+    .bind(&e.ip)
+    .bind(&e.user_agent)
+    .bind(e.severity.as_str())
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Refuse a change that would leave no enabled admin (called inside the change's transaction).
+async fn ensure_an_admin_remains(conn: &mut SqliteConnection) -> Result<()> {
+    let admins: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM users WHERE role = 'admin' AND enabled")
+            .fetch_one(conn)
+            .await?;
+    if admins == 0 {
+        return Err(Error::Conflict(
+            "the last enabled admin cannot be deleted, demoted or disabled".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn username_taken(username: &str) -> Error {
+    Error::Conflict(format!("username {username:?} is already taken"))
+}
+
+#[async_trait]
+impl UserStore for SqliteStore {
+    async fn count_users(&self) -> Result<u64> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users")
+            .fetch_one(&self.read)
+            .await?;
+        Ok(n as u64)
+    }
+
+    async fn insert_user(&self, u: &UserRecord, event: &Event) -> Result<()> {
+        let mut tx = self.write.begin().await?;
+        let inserted = sqlx::query(
+            "INSERT INTO users (id, username, email, role, enabled, password_hash, created_at,
+                updated_at, last_login_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&u.id)
+        .bind(&u.username)
+        .bind(&u.email)
+        .bind(u.role.as_str())
+        .bind(u.enabled)
+        .bind(&u.password_hash)
+        .bind(ms(u.created_at))
+        .bind(ms(u.updated_at))
+        .bind(u.last_login_at.map(ms))
+        .execute(&mut *tx)
+        .await;
+        match inserted {
+            Err(e) if is_unique_violation(&e) => return Err(username_taken(&u.username)),
+            other => other?,
+        };
+        insert_event(&mut tx, event).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn user_by_id(&self, id: &str) -> Result<Option<UserRecord>> {
+        let row = sqlx::query("SELECT * FROM users WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.read)
+            .await?;
+        row.as_ref().map(user_from_row).transpose()
+    }
+
+    async fn user_by_username(&self, username: &str) -> Result<Option<UserRecord>> {
+        let row = sqlx::query("SELECT * FROM users WHERE username = ?")
+            .bind(username)
+            .fetch_optional(&self.read)
+            .await?;
+        row.as_ref().map(user_from_row).transpose()
+    }
+
+    async fn list_users(&self) -> Result<Vec<UserRecord>> {
+        let rows = sqlx::query("SELECT * FROM users ORDER BY username")
+            .fetch_all(&self.read)
+            .await?;
+        rows.iter().map(user_from_row).collect()
+    }
+
+    async fn update_user(
+        &self,
+        u: &UserRecord,
+        revoke_sessions: bool,
+        event: &Event,
+    ) -> Result<()> {
+        let mut tx = self.write.begin().await?;
+        let updated = sqlx::query(
+            "UPDATE users SET username = ?, email = ?, role = ?, enabled = ?, password_hash = ?,
+                updated_at = ? WHERE id = ?",
+        )
+        .bind(&u.username)
+        .bind(&u.email)
+        .bind(u.role.as_str())
+        .bind(u.enabled)
+        .bind(&u.password_hash)
+        .bind(ms(u.updated_at))
+        .bind(&u.id)
+        .execute(&mut *tx)
+        .await;
+        let updated = match updated {
+            Err(e) if is_unique_violation(&e) => return Err(username_taken(&u.username)),
+            other => other?,
+        };
+        if updated.rows_affected() == 0 {
+            return Err(Error::NotFound(format!("user {}", u.id)));
+        }
+        ensure_an_admin_remains(&mut tx).await?;
+        if revoke_sessions {
+            sqlx::query("DELETE FROM auth_tokens WHERE user_id = ? AND kind = 'session'")
+                .bind(&u.id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        insert_event(&mut tx, event).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn delete_user(&self, id: &str, event: &Event) -> Result<()> {
+        let mut tx = self.write.begin().await?;
+        let deleted = sqlx::query("DELETE FROM users WHERE id = ?")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        if deleted.rows_affected() == 0 {
+            return Err(Error::NotFound(format!("user {id}")));
+        }
+        ensure_an_admin_remains(&mut tx).await?;
+        insert_event(&mut tx, event).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl TokenStore for SqliteStore {
+    async fn insert_token(&self, t: &TokenRecord, event: &Event) -> Result<()> {
+        let mut tx = self.write.begin().await?;
+        sqlx::query(
+            "INSERT INTO auth_tokens (id, user_id, kind, name, token_hash, created_at,
+                last_used_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&t.id)
+        .bind(&t.user_id)
+        .bind(t.kind.as_str())
+        .bind(&t.name)
+        .bind(&t.token_hash)
+        .bind(ms(t.created_at))
+        .bind(ms(t.last_used_at))
+        .bind(t.expires_at.map(ms))
+        .execute(&mut *tx)
+        .await?;
+        if t.kind == TokenKind::Session {
+            sqlx::query("UPDATE users SET last_login_at = ? WHERE id = ?")
+                .bind(ms(t.created_at))
+                .bind(&t.user_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        insert_event(&mut tx, event).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn token_with_owner(
+        &self,
+        token_hash: &str,
+    ) -> Result<Option<(TokenRecord, UserRecord)>> {
+        let Some(row) = sqlx::query("SELECT * FROM auth_tokens WHERE token_hash = ?")
+            .bind(token_hash)
+            .fetch_optional(&self.read)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let token = token_from_row(&row)?;
+        let Some(user) = self.user_by_id(&token.user_id).await? else {
+            return Ok(None);
+        };
+        Ok(user.enabled.then_some((token, user)))
+    }
+
+    async fn touch_token(&self, id: &str, at: DateTime<Utc>) -> Result<()> {
+        sqlx::query("UPDATE auth_tokens SET last_used_at = ? WHERE id = ?")
+            .bind(ms(at))
+            .bind(id)
+            .execute(&self.write)
+            .await?;
+        Ok(())
+    }
+
+    async fn list_tokens(&self, user_id: &str, kind: TokenKind) -> Result<Vec<TokenRecord>> {
+        let rows = sqlx::query(
+            "SELECT * FROM auth_tokens WHERE user_id = ? AND kind = ? ORDER BY created_at DESC",
+        )
+        .bind(user_id)
+        .bind(kind.as_str())
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter().map(token_from_row).collect()
+    }
+
+    async fn delete_token(&self, user_id: &str, token_id: &str, event: &Event) -> Result<bool> {
+        let mut tx = self.write.begin().await?;
+        let deleted = sqlx::query("DELETE FROM auth_tokens WHERE id = ? AND user_id = ?")
+            .bind(token_id)
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await?;
+        if deleted.rows_affected() == 0 {
+            return Ok(false);
+        }
+        insert_event(&mut tx, event).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn delete_expired_token(&self, token_id: &str) -> Result<()> {
+        sqlx::query("DELETE FROM auth_tokens WHERE id = ?")
+            .bind(token_id)
+            .execute(&self.write)
+            .await?;
+        Ok(())
+    }
+
+    async fn purge_expired_tokens(
+        &self,
+        now: DateTime<Utc>,
+        idle_cutoff: DateTime<Utc>,
+    ) -> Result<u64> {
+        let done = sqlx::query(
+            "DELETE FROM auth_tokens WHERE (expires_at IS NOT NULL AND expires_at <= ?)
+                OR (kind = 'session' AND last_used_at <= ?)",
+        )
+        .bind(ms(now))
+        .bind(ms(idle_cutoff))
+        .execute(&self.write)
+        .await?;
+        Ok(done.rows_affected())
+    }
+}
+
+fn push_event_filter(q: &mut QueryBuilder<'_, Sqlite>, f: &EventFilter) {
+    q.push(" WHERE 1 = 1");
+    let columns = [
+        ("user_id", &f.user_id),
+        ("username", &f.username),
+        ("event_type", &f.event_type),
+        ("target_type", &f.target_type),
+        ("target_id", &f.target_id),
+        ("server_id", &f.server_id),
+    ];
+    for (column, value) in columns {
+        if let Some(v) = value {
+            q.push(format_args!(" AND {column} = "))
+                .push_bind(v.clone());
+        }
+    }
+    if let Some(s) = f.severity {
+        q.push(" AND severity = ").push_bind(s.as_str());
+    }
+    if let Some(t) = f.since {
+        q.push(" AND ts >= ").push_bind(ms(t));
+    }
+    if let Some(t) = f.until {
+        q.push(" AND ts <= ").push_bind(ms(t));
+    }
+}
+
+#[async_trait]
+impl EventStore for SqliteStore {
+    async fn append_event(&self, event: &Event) -> Result<()> {
+        let mut conn = self.write.acquire().await?;
+        insert_event(&mut conn, event).await
+    }
+
+    async fn query_events(&self, f: &EventFilter) -> Result<(Vec<Event>, u64)> {
+        let mut q = QueryBuilder::new("SELECT * FROM events");
+        push_event_filter(&mut q, f);
+        q.push(" ORDER BY seq DESC LIMIT ")
+            .push_bind(i64::from(f.limit))
+            .push(" OFFSET ")
+            .push_bind(f.offset as i64);
+        let rows = q.build().fetch_all(&self.read).await?;
+        let events = rows
+            .iter()
+            .map(event_from_row)
+            .collect::<Result<Vec<_>>>()?;
+        let mut count = QueryBuilder::new("SELECT COUNT(*) FROM events");
+        push_event_filter(&mut count, f);
+        let total: i64 = count.build_query_scalar().fetch_one(&self.read).await?;
+        Ok((events, total as u64))
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn check_ready(&self) -> Result<()> {
+        let unavailable = |e: sqlx::Error| Error::Unavailable(format!("database: {e}"));
+        sqlx::query("SELECT 1")
+            .execute(&self.read)
+            .await
+            .map_err(unavailable)?;
+        sqlx::query(
+            "INSERT INTO health_probe (id, checked_at) VALUES (1, ?)
+             ON CONFLICT (id) DO UPDATE SET checked_at = excluded.checked_at",
+        )
+        .bind(ms(Utc::now()))
+        .execute(&self.write)
+        .await
+        .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn close(&self) {
+        self.read.close().await;
+        self.write.close().await;
+    }
+}
