@@ -29,21 +29,15 @@ pub struct AppState {
 /// Open the configured store and apply migrations.
 pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
     let url = config.effective_database_url();
-    let store = SqliteStore::open(&url)
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}: {:#}", InternalDetail(&e)))?;
+    let store = SqliteStore::open(&url).await.map_err(with_cause)?;
     Ok(Arc::new(store))
 }
 
-/// Shows the cause chain of an internal error at the binary's edge (never to HTTP clients).
-struct InternalDetail<'a>(&'a crate::error::Error);
-
-impl std::fmt::Display for InternalDetail<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.0 {
-            crate::error::Error::Internal(e) => write!(f, "{e:#}"),
-            other => write!(f, "{other}"),
-        }
+/// At the binary's edge an internal error is shown with its cause chain (never to HTTP clients).
+pub fn with_cause(e: crate::error::Error) -> anyhow::Error {
+    match e {
+        crate::error::Error::Internal(inner) => inner,
+        other => anyhow::Error::new(other),
     }
 }
 
@@ -61,16 +55,15 @@ impl Hub {
     /// Open the store, create the first admin if needed, start the workers and serve HTTP.
     pub async fn start(config: Config) -> anyhow::Result<Hub> {
         let store = open_store(&config).await?;
-        let users = UserService::new(store.clone());
+        let auth = AuthService::new(store.clone(), config.auth.clone());
+        let users = UserService::new(store.clone(), auth.clone());
         let first_admin = users
-            .ensure_first_admin(Some(config.admin_password.as_str()))
+            .ensure_first_admin(Some(config.admin_password.expose()))
             .await
-            .map_err(|e| {
-                anyhow::anyhow!("creating the first admin: {e}: {:#}", InternalDetail(&e))
-            })?;
+            .map_err(|e| with_cause(e).context("creating the first admin"))?;
 
         let state = AppState {
-            auth: AuthService::new(store.clone(), config.auth.clone()),
+            auth,
             users,
             events: EventService::new(store.clone()),
             system: SystemService::new(store.clone()),

@@ -22,13 +22,41 @@ pub struct Config {
     pub database_url: String,
     /// Password of the first admin, used only when the database has no user yet.
     #[serde(skip_serializing)]
-    pub admin_password: String,
+    pub admin_password: Secret,
     /// Log output: `text` or `json`. The level comes from `RUST_LOG` (default `info`).
     pub log_format: String,
     /// Largest accepted request body, in bytes.
     pub max_body_bytes: usize,
     /// Sessions, tokens and login protection.
     pub auth: AuthConfig,
+}
+
+/// A configured secret: readable by the code that needs it, redacted from `Debug` output.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret's value.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(s: &str) -> Self {
+        Secret(s.to_string())
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_empty() {
+            "<unset>"
+        } else {
+            "<redacted>"
+        })
+    }
 }
 
 /// Sessions, tokens and login brute-force protection.
@@ -55,7 +83,7 @@ impl Default for Config {
             listen: "127.0.0.1:9083".into(),
             data_dir: PathBuf::from("./smon-data"),
             database_url: String::new(),
-            admin_password: String::new(),
+            admin_password: Secret::default(),
             log_format: "text".into(),
             max_body_bytes: 1024 * 1024,
             auth: AuthConfig::default(),
@@ -117,7 +145,7 @@ impl Config {
             .try_into()
             .map_err(|e: toml::de::Error| ConfigError::Invalid(e.message().to_string()))?;
         if let Some(pw) = env.get("SMON_ADMIN_PASSWORD") {
-            config.admin_password = pw.clone();
+            config.admin_password = Secret(pw.clone());
         }
         config.validate()?;
         Ok(config)
@@ -302,6 +330,14 @@ mod tests {
         assert_eq!(c.auth.login_ip_attempts, 7);
         assert!(c.auth.cookie_secure);
         assert_eq!(c.auth.login_user_attempts, 10);
+    }
+
+    #[test]
+    fn the_admin_password_never_shows_in_debug_output() {
+        let c =
+            Config::load_from(None, &env(&[("SMON_ADMIN_PASSWORD", "hunter2-hunter2")])).unwrap();
+        assert_eq!(c.admin_password.expose(), "hunter2-hunter2");
+        assert!(!format!("{c:?}").contains("hunter2"));
     }
 
     #[test]

@@ -12,8 +12,10 @@ use smon_hub::events::Origin;
 use smon_hub::users::{FirstAdmin, NewUser, UserPatch, UserService};
 use smon_hub::{Config, Hub};
 
-/// In-flight requests get this long to finish on SIGTERM/SIGINT; the process exits within 5 s.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(4);
+/// In-flight requests get this long to finish on SIGTERM/SIGINT.
+const SHUTDOWN_GRACE: Duration = Duration::from_millis(3500);
+/// Whatever is still running after this is abandoned, so that the process exits within 5 s.
+const SHUTDOWN_LIMIT: Duration = Duration::from_millis(4500);
 
 #[derive(Parser)]
 #[command(name = "smon", version, about = "Server Monitor hub")]
@@ -82,7 +84,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    let result = runtime.block_on(run(cli));
+    // Blocking work still running (a password hash) must not hold the exit up.
+    runtime.shutdown_timeout(Duration::from_millis(200));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("smon: {e:#}");
@@ -130,6 +135,22 @@ fn init_logging(config: &Config) {
 
 async fn serve(config: Config) -> anyhow::Result<()> {
     let hub = Hub::start(config).await?;
+    // The banner is best effort: a closed stdout (`smon serve | head -1`) must not stop the hub.
+    if let Err(e) = print_banner(&hub) {
+        tracing::warn!(error = %e, "cannot print the start banner");
+    }
+    wait_for_signal().await?;
+    tracing::info!("shutdown requested");
+    match tokio::time::timeout(SHUTDOWN_LIMIT, hub.shutdown(SHUTDOWN_GRACE)).await {
+        Ok(result) => result,
+        Err(_) => {
+            tracing::warn!("shutdown did not finish in time; exiting anyway");
+            Ok(())
+        }
+    }
+}
+
+fn print_banner(hub: &Hub) -> std::io::Result<()> {
     let url = format!("http://{}", hub.local_addr());
     let mut out = std::io::stdout().lock();
     writeln!(
@@ -160,15 +181,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     }
     writeln!(
         out,
-        "Log in: curl -s {url}/api/auth/login -H 'Content-Type: application/json' \
+        "Log in: curl -s {url}/api/auth/login -H 'Content-Type: application/json' \\
          -d '{{\"username\":\"admin\",\"password\":\"...\"}}'"
     )?;
-    out.flush()?;
-    drop(out);
-
-    wait_for_signal().await?;
-    tracing::info!("shutdown requested");
-    hub.shutdown(SHUTDOWN_GRACE).await
+    out.flush()
 }
 
 async fn wait_for_signal() -> anyhow::Result<()> {
@@ -204,7 +220,8 @@ fn password_from(stdin: bool) -> anyhow::Result<(String, bool)> {
 
 async fn user_command(config: Config, action: UserAction) -> anyhow::Result<()> {
     let store = smon_hub::app::open_store(&config).await?;
-    let users = UserService::new(store.clone());
+    let auth = smon_hub::auth::AuthService::new(store.clone(), config.auth.clone());
+    let users = UserService::new(store.clone(), auth);
     let origin = Origin {
         user_agent: Some("smon cli".into()),
         ..Origin::default()
@@ -281,5 +298,8 @@ async fn user_command(config: Config, action: UserAction) -> anyhow::Result<()> 
     }
     .await;
     store.close().await;
-    result
+    result.map_err(|e| match e.downcast::<smon_hub::error::Error>() {
+        Ok(e) => smon_hub::app::with_cause(e),
+        Err(e) => e,
+    })
 }

@@ -1,9 +1,13 @@
 //! Liveness and readiness.
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::store::Store;
+
+/// A load balancer asking for readiness wants an answer quickly, not after the lock timeout.
+const READY_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Health checks of the hub's dependencies.
 #[derive(Clone)]
@@ -17,8 +21,10 @@ impl SystemService {
         Self { store }
     }
 
-    /// `Unavailable` unless the database answers a read and accepts a write.
+    /// `Unavailable` unless the database answers a read and accepts a write in time.
     pub async fn readiness(&self) -> Result<()> {
-        self.store.check_ready().await
+        tokio::time::timeout(READY_TIMEOUT, self.store.check_ready())
+            .await
+            .map_err(|_| Error::Unavailable("database did not answer within 2 s".into()))?
     }
 }

@@ -7,9 +7,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::api::ErrorBody;
-use crate::api::extract::ApiQuery;
+use crate::api::extract::{ApiQuery, Authorized, need};
 use crate::app::AppState;
-use crate::auth::Caller;
 use crate::auth::roles::Permission;
 use crate::error::{Error, Result};
 use crate::events::{self, Event, EventFilter, EventTypeInfo, Severity};
@@ -62,10 +61,9 @@ pub struct AuditPage {
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn audit_logs(
     State(state): State<AppState>,
-    caller: Caller,
+    _caller: Authorized<need::ReadAuditLog>,
     ApiQuery(q): ApiQuery<AuditQuery>,
 ) -> Result<Json<AuditPage>> {
-    caller.require(Permission::ReadAuditLog)?;
     let filter = EventFilter {
         user_id: q.user_id,
         username: q.username,
@@ -105,21 +103,22 @@ pub struct RecentActivity {
     pub count: usize,
 }
 
-/// The most recent events, for the dashboard (every role).
+/// The most recent events, for the dashboard (every role; client addresses and user agents
+/// only for roles that may read the audit log).
 #[utoipa::path(get, path = "/api/activity/recent", tag = "events", params(RecentQuery),
     responses((status = 200, body = RecentActivity), (status = 400, body = ErrorBody),
         (status = 401, body = ErrorBody)))]
 pub async fn recent_activity(
     State(state): State<AppState>,
-    caller: Caller,
+    caller: Authorized<need::ReadDashboard>,
     ApiQuery(q): ApiQuery<RecentQuery>,
 ) -> Result<Json<RecentActivity>> {
-    caller.require(Permission::ReadDashboard)?;
     let limit = q.limit.unwrap_or(20);
     if !(1..=100).contains(&limit) {
         return Err(Error::invalid("limit", "must be between 1 and 100"));
     }
-    let activities = state.events.recent(limit).await?;
+    let client_details = caller.role.allows(Permission::ReadAuditLog);
+    let activities = state.events.recent(limit, client_details).await?;
     Ok(Json(RecentActivity {
         count: activities.len(),
         activities,
@@ -136,8 +135,7 @@ pub struct EventTypes {
 /// Every event type the hub emits, with its default severity and meaning.
 #[utoipa::path(get, path = "/api/events/types", tag = "events",
     responses((status = 200, body = EventTypes), (status = 401, body = ErrorBody)))]
-pub async fn event_types(caller: Caller) -> Result<Json<EventTypes>> {
-    caller.require(Permission::ReadDashboard)?;
+pub async fn event_types(_caller: Authorized<need::ReadDashboard>) -> Result<Json<EventTypes>> {
     let event_types = events::catalog::catalog();
     Ok(Json(EventTypes {
         count: event_types.len(),

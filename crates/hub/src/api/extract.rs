@@ -1,6 +1,8 @@
 //! Extractors that turn every malformed request into a clear 4xx `{"error": ...}`.
 
+use std::marker::PhantomData;
 use std::net::SocketAddr;
+use std::ops::Deref;
 
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Query, Request};
@@ -11,6 +13,7 @@ use serde::de::DeserializeOwned;
 
 use crate::app::AppState;
 use crate::auth::Caller;
+use crate::auth::roles::Permission;
 use crate::error::Error;
 use crate::events::Origin;
 
@@ -147,5 +150,56 @@ impl FromRequestParts<AppState> for Caller {
             )
         })?;
         state.auth.authenticate(&token, origin_from(parts)).await
+    }
+}
+
+/// A route's permission, as a type, so that it is checked before the body is read: a caller
+/// without the role gets 403 whatever they send.
+pub trait Requirement {
+    /// The permission the route needs.
+    const PERMISSION: Permission;
+}
+
+/// Marker types, one per [`Permission`], for [`Authorized`].
+pub mod need {
+    use super::{Permission, Requirement};
+
+    macro_rules! markers {
+        ($($name:ident),* $(,)?) => {$(
+            #[doc = concat!("Requires [`Permission::", stringify!($name), "`].")]
+            pub struct $name;
+            impl Requirement for $name {
+                const PERMISSION: Permission = Permission::$name;
+            }
+        )*};
+    }
+
+    markers!(ReadDashboard, ManageOwnAccount, ReadAuditLog, ManageUsers);
+}
+
+/// An authenticated caller whose role holds `R::PERMISSION`.
+pub struct Authorized<R> {
+    caller: Caller,
+    _requirement: PhantomData<R>,
+}
+
+impl<R> Deref for Authorized<R> {
+    type Target = Caller;
+
+    fn deref(&self) -> &Caller {
+        &self.caller
+    }
+}
+
+impl<R: Requirement> FromRequestParts<AppState> for Authorized<R> {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Error> {
+        let caller = Caller::from_request_parts(parts, state).await?;
+        caller.require(R::PERMISSION)?;
+        Ok(Authorized {
+            caller,
+            _requirement: PhantomData,
+        })
     }
 }

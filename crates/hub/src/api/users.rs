@@ -7,11 +7,9 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::api::extract::ApiJson;
+use crate::api::extract::{ApiJson, Authorized, need};
 use crate::api::{ErrorBody, Success};
 use crate::app::AppState;
-use crate::auth::Caller;
-use crate::auth::roles::Permission;
 use crate::error::Result;
 use crate::events::model::{opt_rfc3339_millis, rfc3339_millis};
 use crate::store::TokenRecord;
@@ -42,8 +40,10 @@ pub struct UserUpdated {
 /// List users (admins).
 #[utoipa::path(get, path = "/api/users", tag = "users",
     responses((status = 200, body = UserList), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
-pub async fn list_users(State(state): State<AppState>, caller: Caller) -> Result<Json<UserList>> {
-    caller.require(Permission::ManageUsers)?;
+pub async fn list_users(
+    State(state): State<AppState>,
+    _caller: Authorized<need::ManageUsers>,
+) -> Result<Json<UserList>> {
     let users: Vec<UserView> = state
         .users
         .list()
@@ -63,10 +63,9 @@ pub async fn list_users(State(state): State<AppState>, caller: Caller) -> Result
         (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn create_user(
     State(state): State<AppState>,
-    caller: Caller,
+    caller: Authorized<need::ManageUsers>,
     ApiJson(new): ApiJson<NewUser>,
 ) -> Result<(StatusCode, Json<UserCreated>)> {
-    caller.require(Permission::ManageUsers)?;
     let user = state.users.create(&caller.origin, new).await?;
     Ok((
         StatusCode::CREATED,
@@ -83,10 +82,9 @@ pub async fn create_user(
     responses((status = 200, body = UserView), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn get_user(
     State(state): State<AppState>,
-    caller: Caller,
+    _caller: Authorized<need::ManageUsers>,
     Path(id): Path<String>,
 ) -> Result<Json<UserView>> {
-    caller.require(Permission::ManageUsers)?;
     Ok(Json(state.users.get(&id).await?.into()))
 }
 
@@ -98,11 +96,10 @@ pub async fn get_user(
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn update_user(
     State(state): State<AppState>,
-    caller: Caller,
+    caller: Authorized<need::ManageUsers>,
     Path(id): Path<String>,
     ApiJson(patch): ApiJson<UserPatch>,
 ) -> Result<Json<UserUpdated>> {
-    caller.require(Permission::ManageUsers)?;
     let user = state.users.update(&caller.origin, &id, patch).await?;
     Ok(Json(UserUpdated {
         success: true,
@@ -116,10 +113,9 @@ pub async fn update_user(
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn delete_user(
     State(state): State<AppState>,
-    caller: Caller,
+    caller: Authorized<need::ManageUsers>,
     Path(id): Path<String>,
 ) -> Result<Json<Success>> {
-    caller.require(Permission::ManageUsers)?;
     state.users.delete(&caller.origin, &id).await?;
     Ok(Json(Success::OK))
 }
@@ -127,8 +123,10 @@ pub async fn delete_user(
 /// The caller's own account.
 #[utoipa::path(get, path = "/api/users/me", tag = "users",
     responses((status = 200, body = UserView), (status = 401, body = ErrorBody)))]
-pub async fn me(State(state): State<AppState>, caller: Caller) -> Result<Json<UserView>> {
-    caller.require(Permission::ManageOwnAccount)?;
+pub async fn me(
+    State(state): State<AppState>,
+    caller: Authorized<need::ManageOwnAccount>,
+) -> Result<Json<UserView>> {
     Ok(Json(state.users.get(&caller.user_id).await?.into()))
 }
 
@@ -145,10 +143,9 @@ pub struct PasswordChange {
     responses((status = 200, body = Success), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
 pub async fn change_own_password(
     State(state): State<AppState>,
-    caller: Caller,
+    caller: Authorized<need::ManageOwnAccount>,
     ApiJson(req): ApiJson<PasswordChange>,
 ) -> Result<Json<Success>> {
-    caller.require(Permission::ManageOwnAccount)?;
     state
         .users
         .change_own_password(&caller, &req.current_password, &req.new_password)
@@ -214,8 +211,10 @@ pub struct TokenCreated {
 /// List the caller's personal API tokens.
 #[utoipa::path(get, path = "/api/users/me/tokens", tag = "users",
     responses((status = 200, body = TokenList), (status = 401, body = ErrorBody)))]
-pub async fn list_tokens(State(state): State<AppState>, caller: Caller) -> Result<Json<TokenList>> {
-    caller.require(Permission::ManageOwnAccount)?;
+pub async fn list_tokens(
+    State(state): State<AppState>,
+    caller: Authorized<need::ManageOwnAccount>,
+) -> Result<Json<TokenList>> {
     let tokens: Vec<TokenView> = state
         .auth
         .personal_tokens(&caller)
@@ -234,10 +233,9 @@ pub async fn list_tokens(State(state): State<AppState>, caller: Caller) -> Resul
     responses((status = 201, body = TokenCreated), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
 pub async fn create_token(
     State(state): State<AppState>,
-    caller: Caller,
+    caller: Authorized<need::ManageOwnAccount>,
     ApiJson(req): ApiJson<NewToken>,
 ) -> Result<(StatusCode, Json<TokenCreated>)> {
-    caller.require(Permission::ManageOwnAccount)?;
     let created = state
         .auth
         .create_personal_token(&caller, &req.name, req.expires_in_days)
@@ -258,10 +256,9 @@ pub async fn create_token(
     responses((status = 200, body = Success), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn revoke_token(
     State(state): State<AppState>,
-    caller: Caller,
+    caller: Authorized<need::ManageOwnAccount>,
     Path(id): Path<String>,
 ) -> Result<Json<Success>> {
-    caller.require(Permission::ManageOwnAccount)?;
     state.auth.revoke_personal_token(&caller, &id).await?;
     Ok(Json(Success::OK))
 }

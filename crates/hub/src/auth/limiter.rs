@@ -41,7 +41,7 @@ impl LoginLimiter {
             .check_key(&ip.to_string())
             .map_err(|not_until| not_until.wait_time_from(now))?;
         self.per_user
-            .check_key(&username.to_lowercase())
+            .check_key(&crate::users::normalize_username(username))
             .map_err(|not_until| not_until.wait_time_from(now))
     }
 

@@ -107,7 +107,10 @@ impl AuthService {
             return Err(Error::RateLimited { retry_after });
         }
 
-        let user = self.store.user_by_username(username).await?;
+        let user = self
+            .store
+            .user_by_username(&crate::users::normalize_username(username))
+            .await?;
         let Some(user) = user else {
             let decoy = self
                 .decoy_hash
@@ -177,6 +180,34 @@ impl AuthService {
         }
         self.store.append_event(&event).await?;
         Ok(Error::Unauthorized(BAD_CREDENTIALS.into()))
+    }
+
+    /// Check the caller's current password before a sensitive change. Limited and recorded
+    /// like a login, so a stolen session cannot be used to guess the password.
+    pub async fn confirm_password(&self, caller: &Caller, password: &str) -> Result<()> {
+        let ip = caller.origin.ip.as_deref().unwrap_or("unknown");
+        if let Err(retry_after) = self.limiter.check(ip, &caller.username) {
+            return Err(Error::RateLimited { retry_after });
+        }
+        let user = self
+            .store
+            .user_by_id(&caller.user_id)
+            .await?
+            .ok_or_else(|| Error::Unauthorized(BAD_TOKEN.into()))?;
+        if password::verify(password, &user.password_hash).await? {
+            return Ok(());
+        }
+        self.login_failed(
+            &user.username,
+            Some(&user.id),
+            "bad_current_password",
+            &caller.origin,
+        )
+        .await?;
+        Err(Error::invalid(
+            "current_password",
+            "is not this account's password",
+        ))
     }
 
     /// The caller a bearer or cookie token belongs to; expired tokens are removed.

@@ -38,7 +38,7 @@ macro_rules! catalog {
 
 catalog! {
     UserLogin = "user.login", Info, "A user logged in and got a session.";
-    UserLoginFailed = "user.login_failed", Warning, "A login was refused: unknown user, wrong password, disabled account or rate limit.";
+    UserLoginFailed = "user.login_failed", Warning, "A login or password check was refused: unknown user, wrong password or disabled account.";
     UserLogout = "user.logout", Info, "A user logged out; the session was revoked.";
     UserCreated = "user.created", Info, "A user account was created (API or `smon user add`).";
     UserUpdated = "user.updated", Info, "A user's role, e-mail, password or enabled flag changed.";

@@ -65,13 +65,21 @@ impl EventService {
         self.store.query_events(filter).await
     }
 
-    /// The most recent events.
-    pub async fn recent(&self, limit: u32) -> Result<Vec<Event>> {
+    /// The most recent events. Without `client_details` the addresses and user agents are
+    /// left out: they belong to the audit log, not to every dashboard viewer.
+    pub async fn recent(&self, limit: u32, client_details: bool) -> Result<Vec<Event>> {
         let filter = EventFilter {
             limit,
             ..Default::default()
         };
-        Ok(self.query(&filter).await?.0)
+        let mut events = self.query(&filter).await?.0;
+        if !client_details {
+            for e in &mut events {
+                e.ip = None;
+                e.user_agent = None;
+            }
+        }
+        Ok(events)
     }
 }
 

@@ -8,7 +8,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::auth::roles::Role;
-use crate::auth::{Caller, password, token};
+use crate::auth::{AuthService, Caller, password, token};
 use crate::error::{Error, Result};
 use crate::events::model::{opt_rfc3339_millis, rfc3339_millis};
 use crate::events::{Event, EventType, Origin};
@@ -97,6 +97,12 @@ pub enum FirstAdmin {
 #[derive(Clone)]
 pub struct UserService {
     store: Arc<dyn Store>,
+    auth: AuthService,
+}
+
+/// Usernames are compared without case: they are stored and looked up in lower case.
+pub fn normalize_username(name: &str) -> String {
+    name.trim().to_ascii_lowercase()
 }
 
 fn validate_username(name: &str) -> Result<()> {
@@ -138,9 +144,9 @@ fn normalize_email(email: Option<String>) -> Result<Option<String>> {
 }
 
 impl UserService {
-    /// A service over `store`.
-    pub fn new(store: Arc<dyn Store>) -> Self {
-        Self { store }
+    /// A service over `store`, confirming passwords through `auth`.
+    pub fn new(store: Arc<dyn Store>, auth: AuthService) -> Self {
+        Self { store, auth }
     }
 
     /// On an empty database, create `admin` with `password` or a random one.
@@ -189,20 +195,21 @@ impl UserService {
     /// One user by username.
     pub async fn get_by_username(&self, username: &str) -> Result<UserRecord> {
         self.store
-            .user_by_username(username)
+            .user_by_username(&normalize_username(username))
             .await?
             .ok_or_else(|| Error::NotFound(format!("user {username:?}")))
     }
 
     /// Create a user.
     pub async fn create(&self, origin: &Origin, new: NewUser) -> Result<UserRecord> {
-        validate_username(&new.username)?;
+        let username = normalize_username(&new.username);
+        validate_username(&username)?;
         password::validate("password", &new.password)?;
         let email = normalize_email(new.email)?;
         let now = Utc::now();
         let user = UserRecord {
             id: Uuid::now_v7().to_string(),
-            username: new.username,
+            username,
             email,
             role: new.role,
             enabled: new.enabled,
@@ -224,6 +231,7 @@ impl UserService {
         let mut user = self.get(id).await?;
         let mut changes: Vec<&str> = Vec::new();
         if let Some(username) = patch.username {
+            let username = normalize_username(&username);
             validate_username(&username)?;
             if username != user.username {
                 user.username = username;
@@ -280,13 +288,7 @@ impl UserService {
         current: &str,
         new: &str,
     ) -> Result<()> {
-        let user = self.get(&caller.user_id).await?;
-        if !password::verify(current, &user.password_hash).await? {
-            return Err(Error::invalid(
-                "current_password",
-                "is not this account's password",
-            ));
-        }
+        self.auth.confirm_password(caller, current).await?;
         let patch = UserPatch {
             password: Some(new.to_string()),
             ..UserPatch::default()

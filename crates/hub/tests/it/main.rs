@@ -1,1 +1,10 @@
-fn main() {}
+//! Integration tests of the hub over real HTTP, one binary for the crate.
+
+mod common;
+
+mod auth;
+mod errors;
+mod events;
+mod lifecycle;
+mod roles;
+mod users;

@@ -63,14 +63,19 @@ impl SqliteStore {
     }
 }
 
+/// Create the database's directory, owner-only since it holds password hashes and the audit
+/// trail. An existing directory is left as the operator set it up.
 fn create_private_dir(dir: &Path) -> Result<()> {
+    if dir.exists() {
+        return Ok(());
+    }
     std::fs::create_dir_all(dir)
         .with_context(|| format!("cannot create data directory {}", dir.display()))?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        // The database holds password hashes and the audit trail: owner only.
-        let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("cannot restrict {} to its owner", dir.display()))?;
     }
     Ok(())
 }
@@ -171,13 +176,18 @@ async fn insert_event(conn: &mut SqliteConnection, e: &Event) -> Result<()> {
     Ok(())
 }
 
-/// Refuse a change that would leave no enabled admin (called inside the change's transaction).
-async fn ensure_an_admin_remains(conn: &mut SqliteConnection) -> Result<()> {
-    let admins: i64 =
-        sqlx::query_scalar("SELECT COUNT(*) FROM users WHERE role = 'admin' AND enabled")
-            .fetch_one(conn)
-            .await?;
-    if admins == 0 {
+async fn enabled_admins(conn: &mut SqliteConnection) -> Result<i64> {
+    let n = sqlx::query_scalar("SELECT COUNT(*) FROM users WHERE role = 'admin' AND enabled")
+        .fetch_one(conn)
+        .await?;
+    Ok(n)
+}
+
+/// Refuse a change that took away the last enabled admin (called inside the change's
+/// transaction, after the change, with the count from before it). A database that never had
+/// an admin (users made with the CLI before the first start) is not blocked.
+async fn ensure_an_admin_remains(conn: &mut SqliteConnection, before: i64) -> Result<()> {
+    if before > 0 && enabled_admins(conn).await? == 0 {
         return Err(Error::Conflict(
             "the last enabled admin cannot be deleted, demoted or disabled".into(),
         ));
@@ -254,6 +264,7 @@ impl UserStore for SqliteStore {
         event: &Event,
     ) -> Result<()> {
         let mut tx = self.write.begin().await?;
+        let admins_before = enabled_admins(&mut tx).await?;
         let updated = sqlx::query(
             "UPDATE users SET username = ?, email = ?, role = ?, enabled = ?, password_hash = ?,
                 updated_at = ? WHERE id = ?",
@@ -274,7 +285,7 @@ impl UserStore for SqliteStore {
         if updated.rows_affected() == 0 {
             return Err(Error::NotFound(format!("user {}", u.id)));
         }
-        ensure_an_admin_remains(&mut tx).await?;
+        ensure_an_admin_remains(&mut tx, admins_before).await?;
         if revoke_sessions {
             sqlx::query("DELETE FROM auth_tokens WHERE user_id = ? AND kind = 'session'")
                 .bind(&u.id)
@@ -288,6 +299,7 @@ impl UserStore for SqliteStore {
 
     async fn delete_user(&self, id: &str, event: &Event) -> Result<()> {
         let mut tx = self.write.begin().await?;
+        let admins_before = enabled_admins(&mut tx).await?;
         let deleted = sqlx::query("DELETE FROM users WHERE id = ?")
             .bind(id)
             .execute(&mut *tx)
@@ -295,7 +307,7 @@ impl UserStore for SqliteStore {
         if deleted.rows_affected() == 0 {
             return Err(Error::NotFound(format!("user {id}")));
         }
-        ensure_an_admin_remains(&mut tx).await?;
+        ensure_an_admin_remains(&mut tx, admins_before).await?;
         insert_event(&mut tx, event).await?;
         tx.commit().await?;
         Ok(())
@@ -466,11 +478,17 @@ impl EventStore for SqliteStore {
 #[async_trait]
 impl Store for SqliteStore {
     async fn check_ready(&self) -> Result<()> {
-        let unavailable = |e: sqlx::Error| Error::Unavailable(format!("database: {e}"));
+        // The answer is public: say what failed and keep the driver's details for the log.
+        fn unavailable(what: &'static str) -> impl Fn(sqlx::Error) -> Error {
+            move |e| {
+                tracing::warn!(error = %e, "readiness: database {what} failed");
+                Error::Unavailable(format!("database {what} failed"))
+            }
+        }
         sqlx::query("SELECT 1")
             .execute(&self.read)
             .await
-            .map_err(unavailable)?;
+            .map_err(unavailable("read"))?;
         sqlx::query(
             "INSERT INTO health_probe (id, checked_at) VALUES (1, ?)
              ON CONFLICT (id) DO UPDATE SET checked_at = excluded.checked_at",
@@ -478,7 +496,7 @@ impl Store for SqliteStore {
         .bind(ms(Utc::now()))
         .execute(&self.write)
         .await
-        .map_err(unavailable)?;
+        .map_err(unavailable("write"))?;
         Ok(())
     }
 

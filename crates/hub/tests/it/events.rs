@@ -1,0 +1,169 @@
+//! The event log: catalog, audit log filters and paging, recent activity.
+
+use std::collections::BTreeSet;
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::common::*;
+
+/// Do one of everything the hub can do, so that every catalog type gets emitted.
+async fn exercise_everything(hub: &TestHub) {
+    let t = &hub.admin_token;
+    let id = hub.create_user("erin", "operator").await;
+    hub.send_json(
+        Method::PUT,
+        &format!("/api/users/{id}"),
+        t,
+        json!({ "role": "viewer" }),
+    )
+    .await;
+    let _ = hub.try_login("erin", "wrong-password").await;
+    let erin = hub.login("erin", USER_PASSWORD).await;
+    let (_, pat) = hub
+        .send_json(
+            Method::POST,
+            "/api/users/me/tokens",
+            &erin,
+            json!({ "name": "ci" }),
+        )
+        .await;
+    let pat_id = pat["token_id"].as_str().unwrap();
+    send(hub.request(
+        Method::DELETE,
+        &format!("/api/users/me/tokens/{pat_id}"),
+        Some(&erin),
+    ))
+    .await;
+    send(hub.request(Method::POST, "/api/auth/logout", Some(&erin))).await;
+    send(hub.request(Method::DELETE, &format!("/api/users/{id}"), Some(t))).await;
+}
+
+#[tokio::test]
+async fn every_catalog_type_is_really_emitted_with_all_event_keys() {
+    let hub = TestHub::start().await;
+    exercise_everything(&hub).await;
+    let (status, catalog) = hub.get("/api/events/types", &hub.admin_token).await;
+    assert_eq!(status, StatusCode::OK);
+    let listed: BTreeSet<String> = catalog["event_types"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["event_type"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(catalog["count"], listed.len());
+    let logs = hub.events("limit=1000").await;
+    let emitted: BTreeSet<String> = logs
+        .iter()
+        .map(|e| e["event_type"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(listed, emitted, "catalog and emitted types differ");
+
+    let keys = [
+        "event_id",
+        "event_type",
+        "timestamp",
+        "user_id",
+        "username",
+        "server_id",
+        "server_name",
+        "target_type",
+        "target_id",
+        "action",
+        "meta",
+        "ip",
+        "user_agent",
+        "severity",
+    ];
+    for e in &logs {
+        let obj = e.as_object().unwrap();
+        let got: BTreeSet<&str> = obj.keys().map(String::as_str).collect();
+        assert_eq!(got, keys.iter().copied().collect::<BTreeSet<&str>>(), "{e}");
+        assert_eq!(
+            e["action"],
+            e["event_type"].as_str().unwrap().replace('.', "_")
+        );
+        assert!(e["meta"].is_object());
+        assert!(chrono::DateTime::parse_from_rfc3339(e["timestamp"].as_str().unwrap()).is_ok());
+        assert!(uuid::Uuid::parse_str(e["event_id"].as_str().unwrap()).is_ok());
+    }
+}
+
+#[tokio::test]
+async fn the_audit_log_filters_and_pages() {
+    let hub = TestHub::start().await;
+    exercise_everything(&hub).await;
+    let t = &hub.admin_token;
+    let (_, all) = hub.get("/api/audit-logs", t).await;
+    let total = all["total"].as_u64().unwrap();
+    assert_eq!(all["count"].as_u64().unwrap(), total);
+    assert_eq!(
+        (all["limit"].as_u64(), all["offset"].as_u64()),
+        (Some(100), Some(0))
+    );
+
+    // Newest first, and pages tile the whole log without overlap.
+    let mut paged: Vec<Value> = Vec::new();
+    for offset in (0..total).step_by(3) {
+        let (_, page) = hub
+            .get(&format!("/api/audit-logs?limit=3&offset={offset}"), t)
+            .await;
+        assert_eq!(page["total"], total);
+        paged.extend(page["logs"].as_array().unwrap().iter().cloned());
+    }
+    assert_eq!(Value::Array(paged), all["logs"]);
+
+    let by_type = hub.events("event_type=user.created").await;
+    assert!(by_type.iter().all(|e| e["event_type"] == "user.created") && by_type.len() == 2);
+    let erin = hub.events("username=erin").await;
+    assert!(!erin.is_empty() && erin.iter().all(|e| e["username"] == "erin"));
+    let warnings = hub.events("severity=warning").await;
+    assert!(warnings.iter().all(|e| e["severity"] == "warning") && !warnings.is_empty());
+
+    let newest = all["logs"][0]["timestamp"].as_str().unwrap().to_string();
+    let future = hub.events("since=2999-01-01T00:00:00Z").await;
+    assert!(future.is_empty());
+    let until_now = hub
+        .events(&format!("until={}", newest.replace('+', "%2B")))
+        .await;
+    assert_eq!(until_now.len() as u64, total);
+    let target = all["logs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["event_type"] == "user.deleted")
+        .unwrap();
+    let about = hub
+        .events(&format!(
+            "target_type=user&target_id={}",
+            target["target_id"].as_str().unwrap()
+        ))
+        .await;
+    assert!(about.len() >= 3, "created, updated, deleted: {about:?}");
+}
+
+#[tokio::test]
+async fn recent_activity_is_for_everyone_and_the_audit_log_for_admins_and_auditors() {
+    let hub = TestHub::start().await;
+    let viewer = hub.token_for_role("viewer").await;
+    let auditor = hub.token_for_role("auditor").await;
+    let (status, recent) = hub.get("/api/activity/recent?limit=2", &viewer).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(recent["count"], 2);
+    assert_eq!(recent["activities"].as_array().unwrap().len(), 2);
+    // The newest event is the auditor's login.
+    assert_eq!(recent["activities"][0]["event_type"], "user.login");
+    // Client addresses are audit data: hidden from viewers, shown to auditors.
+    assert_eq!(recent["activities"][0]["ip"], Value::Null);
+    assert_eq!(recent["activities"][0]["user_agent"], Value::Null);
+    let (_, for_auditor) = hub.get("/api/activity/recent?limit=2", &auditor).await;
+    assert_eq!(for_auditor["activities"][0]["ip"], "127.0.0.1");
+    assert_error(
+        &hub.get("/api/audit-logs", &viewer).await,
+        StatusCode::FORBIDDEN,
+        "audit log",
+    );
+    let (status, logs) = hub.get("/api/audit-logs", &auditor).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(logs["total"].as_u64().unwrap() >= 5);
+}
