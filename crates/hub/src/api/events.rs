@@ -66,7 +66,7 @@ pub async fn audit_logs(
 ) -> Result<Json<AuditPage>> {
     let filter = EventFilter {
         user_id: q.user_id,
-        username: q.username,
+        username: q.username.map(|u| crate::users::normalize_username(&u)),
         event_type: q.event_type,
         target_type: q.target_type,
         target_id: q.target_id,

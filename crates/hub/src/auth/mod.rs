@@ -91,7 +91,7 @@ impl AuthService {
         password: &str,
         origin: &Origin,
     ) -> Result<LoginOutcome> {
-        if username.is_empty() {
+        if username.trim().is_empty() {
             return Err(Error::invalid("username", "must not be empty"));
         }
         if password.is_empty() {
@@ -173,7 +173,12 @@ impl AuthService {
         origin: &Origin,
     ) -> Result<Error> {
         let mut event = Event::new(EventType::UserLoginFailed, origin).meta("reason", reason);
-        event.username = Some(username.chars().take(64).collect());
+        event.username = Some(
+            crate::users::normalize_username(username)
+                .chars()
+                .take(64)
+                .collect(),
+        );
         event.user_id = user_id.map(str::to_string);
         if let Some(id) = user_id {
             event = event.target("user", id);
@@ -185,6 +190,9 @@ impl AuthService {
     /// Check the caller's current password before a sensitive change. Limited and recorded
     /// like a login, so a stolen session cannot be used to guess the password.
     pub async fn confirm_password(&self, caller: &Caller, password: &str) -> Result<()> {
+        if password.len() > password::MAX_LEN * 4 {
+            return Err(Error::invalid("current_password", "is too long"));
+        }
         let ip = caller.origin.ip.as_deref().unwrap_or("unknown");
         if let Err(retry_after) = self.limiter.check(ip, &caller.username) {
             return Err(Error::RateLimited { retry_after });

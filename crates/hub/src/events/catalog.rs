@@ -41,7 +41,7 @@ catalog! {
     UserLoginFailed = "user.login_failed", Warning, "A login or password check was refused: unknown user, wrong password or disabled account.";
     UserLogout = "user.logout", Info, "A user logged out; the session was revoked.";
     UserCreated = "user.created", Info, "A user account was created (API or `smon user add`).";
-    UserUpdated = "user.updated", Info, "A user's role, e-mail, password or enabled flag changed.";
+    UserUpdated = "user.updated", Info, "A user's username, role, e-mail, password or enabled flag changed.";
     UserDeleted = "user.deleted", Warning, "A user account was deleted.";
     TokenCreated = "token.created", Info, "A personal API token was created.";
     TokenRevoked = "token.revoked", Info, "A personal API token was revoked.";

@@ -288,6 +288,7 @@ impl UserService {
         current: &str,
         new: &str,
     ) -> Result<()> {
+        password::validate("new_password", new)?;
         self.auth.confirm_password(caller, current).await?;
         let patch = UserPatch {
             password: Some(new.to_string()),
