@@ -29,6 +29,50 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// Sessions, tokens and login protection.
     pub auth: AuthConfig,
+    /// Plugins: which run, their queues and their settings.
+    pub plugins: PluginsConfig,
+    /// Outbound webhook requests (the webhook plugin; managed webhooks later).
+    pub webhooks: WebhooksConfig,
+}
+
+/// Plugins. Only plugins named in `allowlist` are loaded.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PluginsConfig {
+    /// Master switch; also read from `PLUGINS_ENABLED`.
+    pub enabled: bool,
+    /// Plugins to load, by name; also read from `PLUGINS_ALLOWLIST` (comma-separated).
+    pub allowlist: Vec<String>,
+    /// Events waiting per plugin before new ones are dropped (and counted).
+    pub queue_capacity: usize,
+    /// Longest a plugin may spend on one event before it counts as failed.
+    pub event_timeout_secs: u64,
+    /// Longest the plugins get at shutdown to finish queued events.
+    pub shutdown_timeout_millis: u64,
+    /// Settings per plugin name, as JSON objects; also `PLUGIN_<NAME>_CONFIG` (JSON).
+    /// A name that is not a built-in picks one with `"type"`: `{"type": "exec", ...}`.
+    pub config: std::collections::BTreeMap<String, serde_json::Value>,
+}
+
+impl Default for PluginsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            allowlist: Vec::new(),
+            queue_capacity: 1024,
+            event_timeout_secs: 10,
+            shutdown_timeout_millis: 2000,
+            config: Default::default(),
+        }
+    }
+}
+
+/// Outbound webhook requests.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhooksConfig {
+    /// CIDRs exempt from the SSRF guard (e.g. `10.0.0.0/8` for a receiver on the LAN).
+    pub allow_cidrs: Vec<String>,
 }
 
 /// A configured secret: readable by the code that needs it, redacted from `Debug` output.
@@ -87,6 +131,8 @@ impl Default for Config {
             log_format: "text".into(),
             max_body_bytes: 1024 * 1024,
             auth: AuthConfig::default(),
+            plugins: PluginsConfig::default(),
+            webhooks: WebhooksConfig::default(),
         }
     }
 }
@@ -139,6 +185,7 @@ impl Config {
                 .map_err(|e| ConfigError::Invalid(format!("{}: {e}", path.display())))?;
             merge(&mut tree, from_file);
         }
+        apply_legacy_plugin_env(&mut tree, env)?;
         apply_env(&mut tree, "SMON", env)?;
         // Secret-ish keys are skipped when serialising the defaults, so read them directly.
         let mut config: Config = tree
@@ -177,6 +224,19 @@ impl Config {
         }
         if a.login_ip_attempts == 0 || a.login_user_attempts == 0 {
             return invalid("auth: login attempt limits must be at least 1".into());
+        }
+        let p = &self.plugins;
+        if p.queue_capacity == 0 || p.event_timeout_secs == 0 {
+            return invalid(
+                "plugins: queue_capacity and event_timeout_secs must be at least 1".into(),
+            );
+        }
+        for cidr in &self.webhooks.allow_cidrs {
+            if cidr.parse::<ipnet::IpNet>().is_err() && cidr.parse::<std::net::IpAddr>().is_err() {
+                return invalid(format!(
+                    "webhooks.allow_cidrs: {cidr:?} is not a CIDR like 10.0.0.0/8"
+                ));
+            }
         }
         if self.max_body_bytes < 1024 {
             return invalid("max_body_bytes: must be at least 1024".into());
@@ -225,6 +285,56 @@ fn collect_leaves(value: &toml::Value, prefix: &str, out: &mut Vec<(String, Stri
             leaf.to_string(),
         )),
     }
+}
+
+/// The replaced system's plugin variables: `PLUGINS_ENABLED`, `PLUGINS_ALLOWLIST` (each unless
+/// the `SMON_` form is set) and `PLUGIN_<NAME>_CONFIG` / `SMON_PLUGIN_<NAME>_CONFIG` (JSON).
+fn apply_legacy_plugin_env(
+    tree: &mut toml::Value,
+    env: &HashMap<String, String>,
+) -> Result<(), ConfigError> {
+    let mut overrides: Vec<(String, String)> = Vec::new();
+    for (legacy, name) in [
+        ("PLUGINS_ENABLED", "SMON_PLUGINS_ENABLED"),
+        ("PLUGINS_ALLOWLIST", "SMON_PLUGINS_ALLOWLIST"),
+    ] {
+        if let (Some(v), None) = (env.get(legacy), env.get(name)) {
+            overrides.push((name.to_string(), v.clone()));
+        }
+    }
+    if !overrides.is_empty() {
+        let env: HashMap<String, String> = overrides.into_iter().collect();
+        apply_env(tree, "SMON", &env)?;
+    }
+    let mut names: Vec<&String> = env.keys().collect();
+    // SMON_ forms come after the legacy ones and so win.
+    names.sort_by_key(|k| k.starts_with("SMON_"));
+    for var in names {
+        let Some(plugin) = var
+            .strip_prefix("SMON_PLUGIN_")
+            .or_else(|| var.strip_prefix("PLUGIN_"))
+            .and_then(|rest| rest.strip_suffix("_CONFIG"))
+            .filter(|p| !p.is_empty())
+        else {
+            continue;
+        };
+        let value: toml::Value = serde_json::from_str::<serde_json::Value>(&env[var])
+            .ok()
+            .filter(serde_json::Value::is_object)
+            .and_then(|v| toml::Value::try_from(v).ok())
+            .ok_or_else(|| {
+                ConfigError::Invalid(format!(
+                    "{var}: not a JSON object (null values are not allowed)"
+                ))
+            })?;
+        let table = tree
+            .get_mut("plugins")
+            .and_then(|p| p.get_mut("config"))
+            .and_then(toml::Value::as_table_mut)
+            .expect("defaults have plugins.config");
+        table.insert(plugin.to_lowercase(), value);
+    }
+    Ok(())
 }
 
 fn merge(base: &mut toml::Value, over: toml::Value) {
@@ -338,6 +448,26 @@ mod tests {
             Config::load_from(None, &env(&[("SMON_ADMIN_PASSWORD", "hunter2-hunter2")])).unwrap();
         assert_eq!(c.admin_password.expose(), "hunter2-hunter2");
         assert!(!format!("{c:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn plugin_settings_come_from_the_legacy_variables_too() {
+        let c = Config::load_from(
+            None,
+            &env(&[
+                ("PLUGINS_ALLOWLIST", "jsonl, exec"),
+                ("PLUGINS_ENABLED", "false"),
+                ("PLUGIN_JSONL_CONFIG", r#"{"path": "/tmp/e.jsonl"}"#),
+                ("SMON_WEBHOOKS_ALLOW_CIDRS", "127.0.0.1/32,10.0.0.0/8"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.plugins.allowlist, ["jsonl", "exec"]);
+        assert!(!c.plugins.enabled);
+        assert_eq!(c.plugins.config["jsonl"]["path"], "/tmp/e.jsonl");
+        assert_eq!(c.webhooks.allow_cidrs.len(), 2);
+        let err = Config::load_from(None, &env(&[("PLUGIN_EXEC_CONFIG", "[1]")])).unwrap_err();
+        assert!(err.to_string().contains("PLUGIN_EXEC_CONFIG"), "{err}");
     }
 
     #[test]

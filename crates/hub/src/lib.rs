@@ -9,6 +9,7 @@ pub mod events;
 pub mod store;
 pub mod system;
 pub mod users;
+pub mod webhooks;
 
 pub use app::{AppState, Hub};
 pub use config::Config;

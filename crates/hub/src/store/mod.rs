@@ -5,8 +5,11 @@
 
 pub mod sqlite;
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use tokio::sync::Notify;
 
 use crate::auth::roles::Role;
 use crate::error::Result;
@@ -126,6 +129,12 @@ pub trait EventStore: Send + Sync {
     async fn append_event(&self, event: &Event) -> Result<()>;
     /// Events matching the filter, newest first, and how many match in all.
     async fn query_events(&self, filter: &EventFilter) -> Result<(Vec<Event>, u64)>;
+    /// Up to `limit` events not yet dispatched with a position after `after_seq`, oldest first.
+    async fn undispatched_events(&self, after_seq: i64, limit: u32) -> Result<Vec<(i64, Event)>>;
+    /// Mark every undispatched event up to and including `up_to_seq` as dispatched.
+    async fn mark_dispatched(&self, up_to_seq: i64, at: DateTime<Utc>) -> Result<u64>;
+    /// Notified after every commit that wrote an event, so the dispatcher need not poll hard.
+    fn event_signal(&self) -> Arc<Notify>;
 }
 
 /// A whole backend.

@@ -2,6 +2,7 @@
 
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -12,6 +13,7 @@ use sqlx::sqlite::{
     SqliteSynchronous,
 };
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
+use tokio::sync::Notify;
 
 use super::{EventStore, Store, TokenKind, TokenRecord, TokenStore, UserRecord, UserStore};
 use crate::auth::roles::Role;
@@ -25,6 +27,7 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite")
 pub struct SqliteStore {
     read: SqlitePool,
     write: SqlitePool,
+    new_events: Arc<Notify>,
 }
 
 impl SqliteStore {
@@ -59,7 +62,11 @@ impl SqliteStore {
             .connect_with(options.read_only(true))
             .await
             .context("cannot open read connections")?;
-        Ok(Self { read, write })
+        Ok(Self {
+            read,
+            write,
+            new_events: Arc::new(Notify::new()),
+        })
     }
 }
 
@@ -231,6 +238,7 @@ impl UserStore for SqliteStore {
         };
         insert_event(&mut tx, event).await?;
         tx.commit().await?;
+        self.new_events.notify_one();
         Ok(())
     }
 
@@ -294,6 +302,7 @@ impl UserStore for SqliteStore {
         }
         insert_event(&mut tx, event).await?;
         tx.commit().await?;
+        self.new_events.notify_one();
         Ok(())
     }
 
@@ -310,6 +319,7 @@ impl UserStore for SqliteStore {
         ensure_an_admin_remains(&mut tx, admins_before).await?;
         insert_event(&mut tx, event).await?;
         tx.commit().await?;
+        self.new_events.notify_one();
         Ok(())
     }
 }
@@ -341,6 +351,7 @@ impl TokenStore for SqliteStore {
         }
         insert_event(&mut tx, event).await?;
         tx.commit().await?;
+        self.new_events.notify_one();
         Ok(())
     }
 
@@ -394,6 +405,7 @@ impl TokenStore for SqliteStore {
         }
         insert_event(&mut tx, event).await?;
         tx.commit().await?;
+        self.new_events.notify_one();
         Ok(true)
     }
 
@@ -453,7 +465,37 @@ fn push_event_filter(q: &mut QueryBuilder<'_, Sqlite>, f: &EventFilter) {
 impl EventStore for SqliteStore {
     async fn append_event(&self, event: &Event) -> Result<()> {
         let mut conn = self.write.acquire().await?;
-        insert_event(&mut conn, event).await
+        insert_event(&mut conn, event).await?;
+        self.new_events.notify_one();
+        Ok(())
+    }
+
+    async fn undispatched_events(&self, after_seq: i64, limit: u32) -> Result<Vec<(i64, Event)>> {
+        let rows = sqlx::query(
+            "SELECT * FROM events WHERE dispatched_at IS NULL AND seq > ? ORDER BY seq LIMIT ?",
+        )
+        .bind(after_seq)
+        .bind(i64::from(limit))
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter()
+            .map(|row| Ok((row.try_get("seq")?, event_from_row(row)?)))
+            .collect()
+    }
+
+    async fn mark_dispatched(&self, up_to_seq: i64, at: DateTime<Utc>) -> Result<u64> {
+        let done = sqlx::query(
+            "UPDATE events SET dispatched_at = ? WHERE dispatched_at IS NULL AND seq <= ?",
+        )
+        .bind(ms(at))
+        .bind(up_to_seq)
+        .execute(&self.write)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    fn event_signal(&self) -> Arc<Notify> {
+        self.new_events.clone()
     }
 
     async fn query_events(&self, f: &EventFilter) -> Result<(Vec<Event>, u64)> {
