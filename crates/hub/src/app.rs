@@ -11,10 +11,13 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::AuthService;
 use crate::config::Config;
 use crate::events::EventService;
+use crate::plugins::{PluginContext, PluginDeps, PluginManager, PluginRegistry};
 use crate::store::Store;
 use crate::store::sqlite::SqliteStore;
 use crate::system::SystemService;
 use crate::users::{FirstAdmin, UserService};
+use crate::webhooks::send::WebhookClient;
+use crate::webhooks::ssrf::SsrfPolicy;
 
 /// Everything a request handler can reach: the services, never the store directly.
 #[derive(Clone)]
@@ -24,6 +27,7 @@ pub struct AppState {
     pub users: UserService,
     pub events: EventService,
     pub system: SystemService,
+    pub plugins: Arc<PluginManager>,
 }
 
 /// Open the configured store and apply migrations.
@@ -48,12 +52,19 @@ pub struct Hub {
     shutdown: CancellationToken,
     server: JoinHandle<std::io::Result<()>>,
     workers: Vec<(&'static str, JoinHandle<()>)>,
+    plugins: Arc<PluginManager>,
     store: Arc<dyn Store>,
 }
 
 impl Hub {
-    /// Open the store, create the first admin if needed, start the workers and serve HTTP.
+    /// Start with the built-in plugin kinds.
     pub async fn start(config: Config) -> anyhow::Result<Hub> {
+        Self::start_with(config, PluginRegistry::builtin()).await
+    }
+
+    /// Open the store, create the first admin if needed, load the allowlisted plugins from
+    /// `registry`, start the workers and serve HTTP.
+    pub async fn start_with(config: Config, registry: PluginRegistry) -> anyhow::Result<Hub> {
         let store = open_store(&config).await?;
         let auth = AuthService::new(store.clone(), config.auth.clone());
         let users = UserService::new(store.clone(), auth.clone());
@@ -62,23 +73,49 @@ impl Hub {
             .await
             .map_err(|e| with_cause(e).context("creating the first admin"))?;
 
+        let listener = tokio::net::TcpListener::bind(&config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        let addr = listener.local_addr()?;
+
+        let policy = SsrfPolicy::new(&config.webhooks.allow_cidrs)
+            .map_err(|e| anyhow::anyhow!("webhooks.allow_cidrs: {e}"))?;
+        let deps = PluginDeps {
+            webhooks: WebhookClient::new(Arc::new(policy)).map_err(anyhow::Error::msg)?,
+        };
+        let ctx = PluginContext {
+            version: crate::VERSION,
+            listen: addr.to_string(),
+            data_dir: config.data_dir.clone(),
+        };
+        let plugins = PluginManager::start(&config.plugins, &registry, &deps, &ctx, store.clone())
+            .await
+            .map_err(anyhow::Error::msg)?;
+
         let state = AppState {
             auth,
             users,
             events: EventService::new(store.clone()),
             system: SystemService::new(store.clone()),
+            plugins: plugins.clone(),
             config: Arc::new(config),
         };
         let shutdown = CancellationToken::new();
-        let workers = vec![(
-            "auth-housekeeping",
-            spawn_housekeeping(state.auth.clone(), shutdown.clone()),
-        )];
+        let workers = vec![
+            (
+                "auth-housekeeping",
+                spawn_housekeeping(state.auth.clone(), shutdown.clone()),
+            ),
+            (
+                "event-dispatcher",
+                tokio::spawn(crate::events::dispatcher::run(
+                    store.clone(),
+                    plugins.clone(),
+                    shutdown.clone(),
+                )),
+            ),
+        ];
 
-        let listener = tokio::net::TcpListener::bind(&state.config.listen)
-            .await
-            .with_context(|| format!("cannot listen on {}", state.config.listen))?;
-        let addr = listener.local_addr()?;
         let app = crate::api::router(state);
         let stop = shutdown.clone();
         let server = tokio::spawn(async move {
@@ -96,6 +133,7 @@ impl Hub {
             shutdown,
             server,
             workers,
+            plugins,
             store,
         })
     }
@@ -130,6 +168,8 @@ impl Hub {
                 tracing::error!(worker = name, error = %e, "worker ended abnormally");
             }
         }
+        // After the dispatcher: nothing new reaches the plugins while they drain.
+        self.plugins.shutdown().await;
         self.store.close().await;
         tracing::info!("hub stopped");
         Ok(())

@@ -174,7 +174,13 @@ pub mod need {
         )*};
     }
 
-    markers!(ReadDashboard, ManageOwnAccount, ReadAuditLog, ManageUsers);
+    markers!(
+        ReadDashboard,
+        ManageOwnAccount,
+        ReadAuditLog,
+        ManageUsers,
+        ManagePlugins
+    );
 }
 
 /// An authenticated caller whose role holds `R::PERMISSION`.

@@ -4,6 +4,7 @@ pub mod auth;
 pub mod events;
 pub mod extract;
 pub mod health;
+pub mod plugins;
 pub mod users;
 
 use std::sync::Arc;
@@ -57,6 +58,7 @@ impl Success {
         (name = "auth", description = "Login, logout, token checks"),
         (name = "users", description = "User accounts and personal API tokens"),
         (name = "events", description = "The event log: audit trail, recent activity, catalog"),
+        (name = "plugins", description = "Plugins and their counters"),
     )
 )]
 struct ApiDoc;
@@ -97,6 +99,7 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(events::audit_logs))
         .routes(routes!(events::recent_activity))
         .routes(routes!(events::event_types))
+        .routes(routes!(plugins::list_plugins))
 }
 
 /// The OpenAPI document of this build.

@@ -53,6 +53,8 @@ pub enum Permission {
     ReadAuditLog,
     /// List, create, change and delete users.
     ManageUsers,
+    /// See plugins and their counters.
+    ManagePlugins,
 }
 
 impl Permission {
@@ -64,7 +66,7 @@ impl Permission {
                 &[Admin, Operator, Viewer, Auditor]
             }
             Permission::ReadAuditLog => &[Admin, Auditor],
-            Permission::ManageUsers => &[Admin],
+            Permission::ManageUsers | Permission::ManagePlugins => &[Admin],
         }
     }
 
@@ -75,6 +77,7 @@ impl Permission {
             Permission::ManageOwnAccount => "manage this account",
             Permission::ReadAuditLog => "read the audit log",
             Permission::ManageUsers => "manage users",
+            Permission::ManagePlugins => "manage plugins",
         }
     }
 }

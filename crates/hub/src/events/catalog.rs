@@ -45,6 +45,7 @@ catalog! {
     UserDeleted = "user.deleted", Warning, "A user account was deleted.";
     TokenCreated = "token.created", Info, "A personal API token was created.";
     TokenRevoked = "token.revoked", Info, "A personal API token was revoked.";
+    PluginError = "plugin.error", Error, "A plugin failed, panicked or timed out on an event, or failed to start (at most one per plugin per 10 s; meta.suppressed counts the rest).";
 }
 
 impl EventType {

@@ -1,6 +1,7 @@
 //! The event log: the event model, the catalog and the queries behind the audit log.
 
 pub mod catalog;
+pub mod dispatcher;
 pub mod model;
 
 use std::sync::Arc;

@@ -1,6 +1,7 @@
 //! The event log: catalog, audit log filters and paging, recent activity.
 
 use std::collections::BTreeSet;
+use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -41,8 +42,17 @@ async fn exercise_everything(hub: &TestHub) {
 
 #[tokio::test]
 async fn every_catalog_type_is_really_emitted_with_all_event_keys() {
-    let hub = TestHub::start().await;
+    // A plugin that always fails, so that plugin.error is emitted too.
+    let hub = TestHub::start_with(|c| {
+        c.plugins.allowlist = vec!["exec".into()];
+        c.plugins.config.insert("exec".into(), json!({ "command": "false" }));
+    })
+    .await;
     exercise_everything(&hub).await;
+    eventually(Duration::from_secs(10), "a plugin.error event", || async {
+        (!hub.events("event_type=plugin.error").await.is_empty()).then_some(())
+    })
+    .await;
     let (status, catalog) = hub.get("/api/events/types", &hub.admin_token).await;
     assert_eq!(status, StatusCode::OK);
     let listed: BTreeSet<String> = catalog["event_types"]

@@ -73,6 +73,7 @@ fn routes() -> Vec<(Method, &'static str, Access, Option<Value>)> {
         (Method::GET, "/api/audit-logs", Roles(AUDIT), None),
         (Method::GET, "/api/activity/recent", Authenticated, None),
         (Method::GET, "/api/events/types", Authenticated, None),
+        (Method::GET, "/api/plugins", Roles(ADMIN), None),
     ]
 }
 
