@@ -45,7 +45,9 @@ async fn every_catalog_type_is_really_emitted_with_all_event_keys() {
     // A plugin that always fails, so that plugin.error is emitted too.
     let hub = TestHub::start_with(|c| {
         c.plugins.allowlist = vec!["exec".into()];
-        c.plugins.config.insert("exec".into(), json!({ "command": "false" }));
+        c.plugins
+            .config
+            .insert("exec".into(), json!({ "command": "false" }));
     })
     .await;
     exercise_everything(&hub).await;

@@ -6,5 +6,6 @@ mod auth;
 mod errors;
 mod events;
 mod lifecycle;
+mod plugins;
 mod roles;
 mod users;

@@ -2,6 +2,9 @@
 
 #![allow(dead_code)]
 
+pub mod process;
+pub mod receiver;
+
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -55,11 +58,17 @@ impl TestHub {
         let mut config = test_config(dir.path());
         adjust(&mut config);
         let hub = Hub::start(config).await.expect("hub starts");
+        Self::start_hub(hub, Some(dir)).await
+    }
+
+    /// Wrap a started hub (its data directory kept by the caller when `dir` is `None`).
+    pub async fn start_hub(hub: Hub, dir: Option<TempDir>) -> TestHub {
         let base = format!("http://{}", hub.local_addr());
         let client = Client::builder()
             .timeout(Duration::from_secs(30))
             .build()
             .unwrap();
+        let dir = dir.unwrap_or_else(|| tempfile::tempdir().expect("temp dir"));
         let mut test_hub = TestHub {
             hub: Some(hub),
             dir,

@@ -1,0 +1,92 @@
+//! The real `smon` binary as a child process, and other processes the tests need.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Hold an exclusive SQLite lock on `db` from another process (Python's sqlite3 module).
+pub fn hold_write_lock(db: &Path) -> Child {
+    let mut child = Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import sqlite3,sys,time\nc=sqlite3.connect(sys.argv[1],isolation_level=None)\n\
+             c.execute('BEGIN EXCLUSIVE')\nprint('locked',flush=True)\ntime.sleep(60)",
+        )
+        .arg(db)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 runs");
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "locked");
+    child
+}
+
+/// The `smon` binary with its own data directory.
+pub fn smon(dir: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_smon"));
+    cmd.current_dir(dir)
+        .env("SMON_DATA_DIR", dir)
+        .env_remove("SMON_ADMIN_PASSWORD")
+        .env("SMON_LISTEN", "127.0.0.1:0")
+        .env("RUST_LOG", "warn");
+    cmd
+}
+
+/// Start `smon serve` and read its banner: (child, base URL, printed admin password).
+pub fn spawn_serve(dir: &Path) -> (Child, String, Option<String>) {
+    spawn_serve_with(dir, &[])
+}
+
+/// Like [`spawn_serve`] with extra environment variables.
+pub fn spawn_serve_with(dir: &Path, env: &[(&str, &str)]) -> (Child, String, Option<String>) {
+    let mut child = smon(dir)
+        .arg("serve")
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("smon starts");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let (mut url, mut password) = (None, None);
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if let Some(at) = line.find("listening on ") {
+            url = Some(line[at + 13..].trim().to_string());
+        }
+        if let Some(at) = line.find("with password: ") {
+            password = Some(line[at + 15..].trim().to_string());
+        }
+        if line.starts_with("Log in:") {
+            break;
+        }
+    }
+    // Keep reading so that the hub never writes into a closed pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    (child, url.expect("banner names the URL"), password)
+}
+
+pub fn sigterm(child: &Child) {
+    let status = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+pub fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if start.elapsed() > within {
+            child.kill().ok();
+            panic!("smon did not exit within {within:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
