@@ -263,6 +263,11 @@ impl Config {
             "SMON_ADMIN_PASSWORD".into(),
             "\"\"".into(),
         ));
+        out.push((
+            "plugins.config.<name>".into(),
+            "PLUGIN_<NAME>_CONFIG (JSON)".into(),
+            "{}".into(),
+        ));
         out
     }
 }

@@ -392,7 +392,11 @@ async fn only_allowlisted_plugins_are_loaded() {
 #[tokio::test]
 async fn a_bad_plugin_configuration_refuses_to_start_and_names_the_plugin() {
     /// (allowlist, one plugin's configuration, what the error must mention)
-    type Case = (Vec<&'static str>, Option<(&'static str, Value)>, &'static [&'static str]);
+    type Case = (
+        Vec<&'static str>,
+        Option<(&'static str, Value)>,
+        &'static [&'static str],
+    );
     let cases: Vec<Case> = vec![
         (vec!["exec"], None, &["plugin \"exec\"", "command"]),
         (
