@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::AuthService;
 use crate::config::Config;
 use crate::events::EventService;
+use crate::events::dispatcher::InFlight;
 use crate::plugins::{PluginContext, PluginDeps, PluginManager, PluginRegistry};
 use crate::store::Store;
 use crate::store::sqlite::SqliteStore;
@@ -52,6 +53,7 @@ pub struct Hub {
     shutdown: CancellationToken,
     server: JoinHandle<std::io::Result<()>>,
     workers: Vec<(&'static str, JoinHandle<()>)>,
+    dispatcher: JoinHandle<InFlight>,
     plugins: Arc<PluginManager>,
     store: Arc<dyn Store>,
 }
@@ -101,20 +103,15 @@ impl Hub {
             config: Arc::new(config),
         };
         let shutdown = CancellationToken::new();
-        let workers = vec![
-            (
-                "auth-housekeeping",
-                spawn_housekeeping(state.auth.clone(), shutdown.clone()),
-            ),
-            (
-                "event-dispatcher",
-                tokio::spawn(crate::events::dispatcher::run(
-                    store.clone(),
-                    plugins.clone(),
-                    shutdown.clone(),
-                )),
-            ),
-        ];
+        let workers = vec![(
+            "auth-housekeeping",
+            spawn_housekeeping(state.auth.clone(), shutdown.clone()),
+        )];
+        let dispatcher = tokio::spawn(crate::events::dispatcher::run(
+            store.clone(),
+            plugins.clone(),
+            shutdown.clone(),
+        ));
 
         let app = crate::api::router(state);
         let stop = shutdown.clone();
@@ -133,6 +130,7 @@ impl Hub {
             shutdown,
             server,
             workers,
+            dispatcher,
             plugins,
             store,
         })
@@ -168,8 +166,20 @@ impl Hub {
                 tracing::error!(worker = name, error = %e, "worker ended abnormally");
             }
         }
-        // After the dispatcher: nothing new reaches the plugins while they drain.
+        // The dispatcher stops first, so nothing new reaches the plugins while they drain; what
+        // they finish meanwhile is then marked, so a clean restart repeats nothing.
+        let in_flight = self.dispatcher.await;
         self.plugins.shutdown().await;
+        match in_flight {
+            Ok(mut in_flight) => {
+                if let Err(e) = in_flight.mark_finished(self.store.as_ref()).await {
+                    tracing::warn!(error = %e, "cannot record the last dispatched events");
+                }
+            }
+            Err(e) => {
+                tracing::error!(worker = "event-dispatcher", error = %e, "worker ended abnormally")
+            }
+        }
         self.store.close().await;
         tracing::info!("hub stopped");
         Ok(())

@@ -36,7 +36,7 @@ pub struct Config {
 }
 
 /// Plugins. Only plugins named in `allowlist` are loaded.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PluginsConfig {
     /// Master switch; also read from `PLUGINS_ENABLED`.
@@ -54,6 +54,20 @@ pub struct PluginsConfig {
     pub config: std::collections::BTreeMap<String, serde_json::Value>,
 }
 
+impl std::fmt::Debug for PluginsConfig {
+    // Plugin settings may hold secrets (a webhook's): only their names are shown.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginsConfig")
+            .field("enabled", &self.enabled)
+            .field("allowlist", &self.allowlist)
+            .field("queue_capacity", &self.queue_capacity)
+            .field("event_timeout_secs", &self.event_timeout_secs)
+            .field("shutdown_timeout_millis", &self.shutdown_timeout_millis)
+            .field("config", &self.config.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
 impl Default for PluginsConfig {
     fn default() -> Self {
         Self {
@@ -61,7 +75,7 @@ impl Default for PluginsConfig {
             allowlist: Vec::new(),
             queue_capacity: 1024,
             event_timeout_secs: 10,
-            shutdown_timeout_millis: 2000,
+            shutdown_timeout_millis: 1000,
             config: Default::default(),
         }
     }

@@ -15,28 +15,77 @@ use crate::store::Store;
 
 /// Events fetched per query.
 const BATCH: u32 = 256;
-/// Events handed out but not yet finished by every plugin, at most.
-const MAX_IN_FLIGHT: usize = 4096;
+/// Events handed out since the oldest one a plugin has not finished, at most. Past this a slow
+/// plugin's oldest events are marked dispatched anyway (and counted), so that one plugin can
+/// never stall the others: bounded memory, at the price of at-most-once for that plugin.
+const MAX_IN_FLIGHT: usize = 65_536;
 /// Poll interval for events written by other processes (the CLI) that send no signal.
 const IDLE_POLL: Duration = Duration::from_secs(1);
 
-/// Run until `shutdown`; events still in flight then stay undispatched for the next start.
-pub async fn run(store: Arc<dyn Store>, plugins: Arc<PluginManager>, shutdown: CancellationToken) {
+/// Events handed to the plugins and not yet marked dispatched, in log order.
+#[derive(Default)]
+pub struct InFlight(VecDeque<(i64, Completion)>);
+
+impl InFlight {
+    /// Mark the finished prefix dispatched: in order, never past an unfinished event.
+    pub async fn mark_finished(&mut self, store: &dyn Store) -> crate::error::Result<()> {
+        let mut finished_up_to = None;
+        while self.0.front().is_some_and(|(_, c)| c.is_done()) {
+            finished_up_to = self.0.pop_front().map(|(seq, _)| seq);
+        }
+        if let Some(seq) = finished_up_to {
+            store.mark_dispatched(seq, Utc::now()).await?;
+        }
+        Ok(())
+    }
+
+    /// Give up waiting for the oldest events when too many are pending behind them.
+    async fn shed_excess(&mut self, store: &dyn Store) -> crate::error::Result<()> {
+        let excess = self.0.len().saturating_sub(MAX_IN_FLIGHT - BATCH as usize);
+        if excess == 0 {
+            return Ok(());
+        }
+        let unfinished = self
+            .0
+            .iter()
+            .take(excess)
+            .filter(|(_, c)| !c.is_done())
+            .count();
+        let last = self.0.drain(..excess).next_back().map(|(seq, _)| seq);
+        tracing::warn!(
+            unfinished,
+            "a plugin is far behind; its oldest events are marked dispatched without waiting"
+        );
+        if let Some(seq) = last {
+            store.mark_dispatched(seq, Utc::now()).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Run until `shutdown`, then hand back what is still in flight: the caller marks what the
+/// plugins finish while draining, and the rest is dispatched again after the next start.
+pub async fn run(
+    store: Arc<dyn Store>,
+    plugins: Arc<PluginManager>,
+    shutdown: CancellationToken,
+) -> InFlight {
     let new_events = store.event_signal();
     let completed = plugins.completed_signal();
     let mut cursor: i64 = 0;
-    let mut in_flight: VecDeque<(i64, Completion)> = VecDeque::new();
-    loop {
+    let mut in_flight = InFlight::default();
+    while !shutdown.is_cancelled() {
         let mut more_waiting = false;
         let step: crate::error::Result<()> = async {
-            mark_finished_prefix(store.as_ref(), &mut in_flight).await?;
-            if in_flight.len() < MAX_IN_FLIGHT {
-                let batch = store.undispatched_events(cursor, BATCH).await?;
-                more_waiting = batch.len() == BATCH as usize;
-                for (seq, event) in batch {
-                    cursor = seq;
-                    in_flight.push_back((seq, plugins.dispatch(Arc::new(event))));
-                }
+            in_flight.mark_finished(store.as_ref()).await?;
+            in_flight.shed_excess(store.as_ref()).await?;
+            let batch = store.undispatched_events(cursor, BATCH).await?;
+            more_waiting = batch.len() == BATCH as usize;
+            for (seq, event) in batch {
+                cursor = seq;
+                in_flight
+                    .0
+                    .push_back((seq, plugins.dispatch(Arc::new(event))));
             }
             Ok(())
         }
@@ -46,37 +95,16 @@ pub async fn run(store: Arc<dyn Store>, plugins: Arc<PluginManager>, shutdown: C
             tokio::time::sleep(Duration::from_secs(1)).await;
             continue;
         }
-        let done_ready = in_flight.front().is_some_and(|(_, c)| c.is_done());
-        if (more_waiting && in_flight.len() < MAX_IN_FLIGHT) || done_ready {
+        if more_waiting || in_flight.0.front().is_some_and(|(_, c)| c.is_done()) {
             tokio::task::yield_now().await;
-            if !shutdown.is_cancelled() {
-                continue;
-            }
+            continue;
         }
         tokio::select! {
-            _ = shutdown.cancelled() => break,
+            _ = shutdown.cancelled() => {}
             _ = new_events.notified() => {}
             _ = completed.notified() => {}
             _ = tokio::time::sleep(IDLE_POLL) => {}
         }
     }
-    // Record what did finish; the rest is dispatched again after the next start.
-    if let Err(e) = mark_finished_prefix(store.as_ref(), &mut in_flight).await {
-        tracing::warn!(error = %e, "event dispatcher: cannot record the last dispatched events");
-    }
-}
-
-/// Mark the finished prefix of `in_flight` dispatched: in order, never past an unfinished event.
-async fn mark_finished_prefix(
-    store: &dyn Store,
-    in_flight: &mut VecDeque<(i64, Completion)>,
-) -> crate::error::Result<()> {
-    let mut finished_up_to = None;
-    while in_flight.front().is_some_and(|(_, c)| c.is_done()) {
-        finished_up_to = in_flight.pop_front().map(|(seq, _)| seq);
-    }
-    if let Some(seq) = finished_up_to {
-        store.mark_dispatched(seq, Utc::now()).await?;
-    }
-    Ok(())
+    in_flight
 }

@@ -15,6 +15,19 @@ use crate::events::Event;
 
 /// Output kept per stream for the log; the rest is read and discarded.
 const OUTPUT_LIMIT: usize = 4096;
+/// Variables of the hub's environment a program inherits; everything else is withheld.
+const PASSED_THROUGH: [&str; 5] = ["PATH", "HOME", "LANG", "TZ", "TMPDIR"];
+
+/// Kill the program's whole process group (it leads one: see `process_group(0)`).
+fn kill_group(child: &tokio::process::Child) {
+    #[cfg(unix)]
+    if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
+        // SAFETY: kill(2) with a negative pid signals that process group; no memory is shared.
+        unsafe {
+            libc::kill(-pid, libc::SIGKILL);
+        }
+    }
+}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -104,7 +117,19 @@ impl Plugin for ExecPlugin {
 
     async fn handle_event(&self, event: &Event) -> Result<(), PluginError> {
         let input = serde_json::to_vec(event).map_err(|e| PluginError::new(e.to_string()))?;
-        let mut child = Command::new(&self.config.command)
+        let mut command = Command::new(&self.config.command);
+        // The hub's own environment may hold secrets (SMON_ADMIN_PASSWORD, plugin settings):
+        // the program gets only what it needs to run plus its configured variables.
+        command.env_clear();
+        for name in PASSED_THROUGH {
+            if let Some(value) = std::env::var_os(name) {
+                command.env(name, value);
+            }
+        }
+        // Its own process group, so that a timeout kills everything it started.
+        #[cfg(unix)]
+        command.process_group(0);
+        let mut child = command
             .args(&self.config.args)
             .envs(&self.config.env)
             .env("SMON_EVENT_TYPE", &event.event_type)
@@ -132,6 +157,7 @@ impl Plugin for ExecPlugin {
                 status.map_err(|e| PluginError::new(format!("waiting for the program: {e}")))?
             }
             Err(_) => {
+                kill_group(&child);
                 let _ = child.kill().await;
                 return Err(PluginError::new(format!(
                     "timed out after {} s; the program was killed",

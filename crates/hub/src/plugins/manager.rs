@@ -1,7 +1,7 @@
 //! The plugin manager: loading from the allowlist, one bounded queue and worker per plugin,
 //! isolation (panics, errors, timeouts) and the counters behind `GET /api/plugins`.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -119,13 +119,20 @@ impl PluginManager {
     ) -> Result<Arc<Self>, String> {
         let mut slots = Vec::new();
         let mut loaded = BTreeSet::new();
+        // Names are matched without case: PLUGIN_<NAME>_CONFIG arrives in upper case.
+        let configs: BTreeMap<String, &Value> = config
+            .config
+            .iter()
+            .map(|(k, v)| (k.trim().to_lowercase(), v))
+            .collect();
         if config.enabled {
             for name in &config.allowlist {
-                if !loaded.insert(name.clone()) {
+                let name = &name.trim().to_lowercase();
+                if name.is_empty() || !loaded.insert(name.clone()) {
                     continue;
                 }
                 let empty = Value::Object(Default::default());
-                let plugin_config = config.config.get(name).unwrap_or(&empty);
+                let plugin_config = configs.get(name).copied().unwrap_or(&empty);
                 let (kind, plugin) = registry
                     .build(name, plugin_config, deps)
                     .map_err(|e| format!("plugin {name:?}: {e}"))?;
@@ -141,7 +148,7 @@ impl PluginManager {
             }
         }
         let mut disabled: Vec<(String, String)> = Vec::new();
-        for (name, cfg) in &config.config {
+        for (name, cfg) in &configs {
             if !loaded.contains(name) {
                 let kind = cfg.get("type").and_then(Value::as_str).unwrap_or(name);
                 tracing::info!(plugin = %name, "plugin configured but not on the allowlist; not loaded");
@@ -149,7 +156,7 @@ impl PluginManager {
             }
         }
         for kind in registry.factories.keys() {
-            if !loaded.contains(kind) && !config.config.contains_key(kind) {
+            if !loaded.contains(kind) && !configs.contains_key(kind) {
                 disabled.push((kind.clone(), kind.clone()));
             }
         }
@@ -254,8 +261,8 @@ impl PluginManager {
             .event_timeout()
             .unwrap_or(Duration::from_secs(self.config.event_timeout_secs));
         let (plugin, ev) = (slot.plugin.clone(), event.clone());
-        let mut task = tokio::spawn(async move { plugin.handle_event(&ev).await });
-        let outcome = match tokio::time::timeout(limit, &mut task).await {
+        let mut task = AbortOnDrop(tokio::spawn(async move { plugin.handle_event(&ev).await }));
+        let outcome = match tokio::time::timeout(limit, &mut task.0).await {
             Ok(Ok(Ok(()))) => Ok(()),
             Ok(Ok(Err(e))) => Err(e.to_string()),
             Ok(Err(join)) if join.is_panic() => {
@@ -263,7 +270,7 @@ impl PluginManager {
             }
             Ok(Err(_)) => Err("cancelled".to_string()),
             Err(_) => {
-                task.abort();
+                task.0.abort();
                 Err(format!("timed out after {} s", limit.as_secs_f32()))
             }
         };
@@ -396,6 +403,16 @@ impl PluginManager {
                 *state = "stopped";
             }
         }
+    }
+}
+
+/// A task that is aborted when its handle goes away (a worker aborted at shutdown must not
+/// leave a plugin call running).
+struct AbortOnDrop<T>(JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -7,7 +7,7 @@ use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER};
 use reqwest::redirect::Policy;
 
 use super::signing::{sm_signature, standard_signature};
-use super::ssrf::SsrfPolicy;
+use super::ssrf::{Refused, SsrfPolicy};
 
 /// Response bodies are kept up to this many bytes.
 pub const MAX_RESPONSE_BODY: usize = 1024;
@@ -113,7 +113,7 @@ impl WebhookClient {
                     format!("request failed: {}", error_chain(&e))
                 };
                 // A destination refused by the resolver will be refused again: no retry.
-                let verdict = if what.contains("not allowed") {
+                let verdict = if refused_by_guard(&e) {
                     Verdict::Failed
                 } else {
                     Verdict::Retry { after: None }
@@ -159,6 +159,17 @@ impl WebhookClient {
             duration_ms: started.elapsed().as_millis() as u64,
         }
     }
+}
+
+fn refused_by_guard(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(e);
+    while let Some(err) = current {
+        if err.is::<Refused>() {
+            return true;
+        }
+        current = err.source();
+    }
+    false
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

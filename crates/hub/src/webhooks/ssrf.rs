@@ -153,6 +153,18 @@ fn forbidden_v6(ip: Ipv6Addr) -> Option<&'static str> {
     Some(reason)
 }
 
+/// A destination the guard refused at connect time; retrying cannot help.
+#[derive(Debug)]
+pub struct Refused(pub String);
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Refused {}
+
 /// DNS resolution that refuses hosts with any forbidden address.
 pub struct GuardedResolver {
     policy: Arc<SsrfPolicy>,
@@ -163,19 +175,16 @@ impl Resolve for GuardedResolver {
         let policy = self.policy.clone();
         Box::pin(async move {
             let host = name.as_str().to_string();
-            check_name(&host)
-                .map_err(|e| -> Box<dyn std::error::Error + Send + Sync> { e.into() })?;
+            check_name(&host).map_err(|e| Box::new(Refused(e)))?;
             let addrs: Vec<SocketAddr> =
                 tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
             if addrs.is_empty() {
                 return Err(format!("{host} has no address").into());
             }
             for addr in &addrs {
-                policy.check_ip(addr.ip()).map_err(
-                    |e| -> Box<dyn std::error::Error + Send + Sync> {
-                        format!("host {host} {e}").into()
-                    },
-                )?;
+                policy
+                    .check_ip(addr.ip())
+                    .map_err(|e| Box::new(Refused(format!("host {host} {e}"))))?;
             }
             let addrs: Addrs = Box::new(addrs.into_iter());
             Ok(addrs)

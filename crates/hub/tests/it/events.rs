@@ -71,22 +71,7 @@ async fn every_catalog_type_is_really_emitted_with_all_event_keys() {
         .collect();
     assert_eq!(listed, emitted, "catalog and emitted types differ");
 
-    let keys = [
-        "event_id",
-        "event_type",
-        "timestamp",
-        "user_id",
-        "username",
-        "server_id",
-        "server_name",
-        "target_type",
-        "target_id",
-        "action",
-        "meta",
-        "ip",
-        "user_agent",
-        "severity",
-    ];
+    let keys = EVENT_KEYS;
     for e in &logs {
         let obj = e.as_object().unwrap();
         let got: BTreeSet<&str> = obj.keys().map(String::as_str).collect();

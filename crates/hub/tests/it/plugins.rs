@@ -20,23 +20,6 @@ use crate::common::process::*;
 use crate::common::receiver::Receiver;
 use crate::common::*;
 
-const EVENT_KEYS: [&str; 14] = [
-    "event_id",
-    "event_type",
-    "timestamp",
-    "user_id",
-    "username",
-    "server_id",
-    "server_name",
-    "target_type",
-    "target_id",
-    "action",
-    "meta",
-    "ip",
-    "user_agent",
-    "severity",
-];
-
 /// Create `n` personal tokens as admin: `n` events without password hashing.
 async fn make_events(hub: &TestHub, n: usize) {
     for i in 0..n {
@@ -79,7 +62,8 @@ async fn an_exec_script_receives_every_event_as_json_with_its_type_and_id_in_the
         scripts.path(),
         "record.sh",
         &format!(
-            "read -r line\nprintf '%s\\t%s\\t%s\\n' \"$SMON_EVENT_TYPE\" \"$SMON_EVENT_ID\" \"$line\" >> {}",
+            // CARGO_PKG_NAME is in the test process's environment: it must not reach the program.
+            "read -r line\nprintf '%s\\t%s\\t%s\\t%s\\n' \"$SMON_EVENT_TYPE\" \"$SMON_EVENT_ID\" \"${{CARGO_PKG_NAME:-withheld}}\" \"$line\" >> {}",
             out.display()
         ),
     );
@@ -114,11 +98,16 @@ async fn an_exec_script_receives_every_event_as_json_with_its_type_and_id_in_the
     )
     .await;
     for line in received {
-        let mut parts = line.splitn(3, '\t');
-        let (env_type, env_id, json) = (
+        let mut parts = line.splitn(4, '\t');
+        let (env_type, env_id, inherited, json) = (
             parts.next().unwrap(),
             parts.next().unwrap(),
             parts.next().unwrap(),
+            parts.next().unwrap(),
+        );
+        assert_eq!(
+            inherited, "withheld",
+            "the hub's environment leaked to the program"
         );
         let event: Value =
             serde_json::from_str(json).unwrap_or_else(|e| panic!("not JSON ({e}): {json}"));
@@ -132,13 +121,7 @@ async fn an_exec_script_receives_every_event_as_json_with_its_type_and_id_in_the
         assert_eq!(event["event_type"], env_type);
         assert_eq!(event["event_id"], env_id);
     }
-    let (_, plugins) = hub.get("/api/plugins", &hub.admin_token).await;
-    let exec = plugins["plugins"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == "exec")
-        .unwrap();
+    let exec = hub.plugin_status("exec").await;
     assert_eq!(
         (exec["enabled"].as_bool(), exec["state"].as_str()),
         (Some(true), Some("running"))
@@ -231,53 +214,35 @@ async fn a_panicking_hanging_or_failing_plugin_delays_neither_other_plugins_nor_
     );
 
     // Panics are slow to unwind (backtraces), so the counters are read once they have caught up.
-    let body = eventually(Duration::from_secs(30), "every panic counted", || async {
-        let (_, body) = hub.get("/api/plugins", &hub.admin_token).await;
-        let panic = body["plugins"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p["name"] == "panic")
-            .unwrap()
-            .clone();
-        (panic["failed"].as_u64() >= Some(9)).then_some(body)
+    let panic = eventually(Duration::from_secs(30), "every panic counted", || async {
+        let panic = hub.plugin_status("panic").await;
+        (panic["failed"].as_u64() >= Some(9)).then_some(panic)
     })
     .await;
-    let by_name = |n: &str| {
-        body["plugins"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p["name"] == n)
-            .unwrap()
-            .clone()
-    };
     assert!(
-        by_name("panic")["last_error"]
+        panic["last_error"]
             .as_str()
             .unwrap()
             .contains("panicked: boom"),
-        "{body}"
+        "{panic}"
     );
     assert!(
-        by_name("fail")["last_error"]
+        hub.plugin_status("fail").await["last_error"]
             .as_str()
             .unwrap()
             .contains("receiver said no")
     );
-    assert!(by_name("record")["handled"].as_u64().unwrap() >= 9);
+    assert!(
+        hub.plugin_status("record").await["handled"]
+            .as_u64()
+            .unwrap()
+            >= 9
+    );
     let hang = eventually(
         Duration::from_secs(8),
         "the hanging plugin to time out",
         || async {
-            let (_, body) = hub.get("/api/plugins", &hub.admin_token).await;
-            let hang = body["plugins"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|p| p["name"] == "hang")
-                .unwrap()
-                .clone();
+            let hang = hub.plugin_status("hang").await;
             (hang["failed"].as_u64() >= Some(1)).then_some(hang)
         },
     )
@@ -369,21 +334,11 @@ async fn only_allowlisted_plugins_are_loaded() {
         !marker.exists(),
         "the exec plugin is not on the allowlist but ran"
     );
-    let (_, body) = hub.get("/api/plugins", &hub.admin_token).await;
-    let by_name = |n: &str| {
-        body["plugins"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p["name"] == n)
-            .unwrap()
-            .clone()
-    };
-    assert_eq!(by_name("exec")["enabled"], false);
-    assert_eq!(by_name("exec")["state"], "disabled");
-    assert_eq!(by_name("jsonl")["enabled"], true);
+    assert_eq!(hub.plugin_status("exec").await["enabled"], false);
+    assert_eq!(hub.plugin_status("exec").await["state"], "disabled");
+    assert_eq!(hub.plugin_status("jsonl").await["enabled"], true);
     assert_eq!(
-        by_name("webhook")["enabled"],
+        hub.plugin_status("webhook").await["enabled"],
         false,
         "built-ins are listed as available"
     );
@@ -458,14 +413,7 @@ async fn a_plugin_that_fails_to_start_stays_stopped_and_reports_it() {
             .insert("jsonl".into(), json!({ "path": "/dev/null/events.jsonl" }));
     })
     .await;
-    let (_, body) = hub.get("/api/plugins", &hub.admin_token).await;
-    let jsonl = body["plugins"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == "jsonl")
-        .unwrap()
-        .clone();
+    let jsonl = hub.plugin_status("jsonl").await;
     assert_eq!(jsonl["state"], "failed", "{jsonl}");
     assert!(
         jsonl["last_error"].as_str().unwrap().contains("startup"),
@@ -572,14 +520,7 @@ async fn the_webhook_plugin_signs_retries_and_gives_up() {
             base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
         assert_eq!(h("webhook-signature"), format!("v1,{expected}"));
     }
-    let (_, body) = hub.get("/api/plugins", &hub.admin_token).await;
-    let webhook = body["plugins"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == "webhook")
-        .unwrap()
-        .clone();
+    let webhook = hub.plugin_status("webhook").await;
     assert_eq!(webhook["handled"], 1, "{webhook}");
     assert_eq!(webhook["event_types"], json!(["token.created"]));
 }
@@ -667,4 +608,103 @@ async fn every_event_reaches_the_plugins_after_a_kill_9_during_dispatch() {
     .await;
     sigterm(&child);
     assert!(wait_exit(&mut child, Duration::from_secs(5)).success());
+}
+
+#[tokio::test]
+async fn the_documented_python_exec_plugin_works_as_described() {
+    let example = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../docs/examples/exec_plugin.py"
+    );
+    let scratch = tempfile::tempdir().unwrap();
+    let log = scratch.path().join("example.log");
+    let log_path = log.display().to_string();
+    let hub = TestHub::start_with(|c| {
+        c.plugins.allowlist = vec!["example".into()];
+        c.plugins.config.insert(
+            "example".into(),
+            json!({ "type": "exec", "command": "python3", "args": [example], "env": { "SMON_EXAMPLE_LOG": log_path } }),
+        );
+    })
+    .await;
+    hub.try_login("ghost", "wrong-password").await;
+    make_events(&hub, 2).await;
+    let events = hub.events("limit=1000").await;
+    let written = eventually(
+        Duration::from_secs(15),
+        "a line per event in the example's log",
+        || async {
+            let got = lines(&log);
+            (got.len() >= events.len()).then_some(got)
+        },
+    )
+    .await;
+    for e in &events {
+        let id = e["event_id"].as_str().unwrap();
+        let line = written
+            .iter()
+            .find(|l| l.contains(id))
+            .unwrap_or_else(|| panic!("{id} not logged"));
+        assert!(
+            line.contains(e["event_type"].as_str().unwrap())
+                && line.contains(e["severity"].as_str().unwrap()),
+            "{line}"
+        );
+    }
+    let example = hub.plugin_status("example").await;
+    assert_eq!(
+        (example["kind"].as_str(), example["failed"].as_u64()),
+        (Some("exec"), Some(0)),
+        "{example}"
+    );
+}
+
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn an_exec_timeout_kills_everything_the_program_started() {
+    let scripts = tempfile::tempdir().unwrap();
+    let pid_file = scripts.path().join("grandchild.pid");
+    let script = write_script(
+        scripts.path(),
+        "linger.sh",
+        &format!(
+            "cat > /dev/null\nsleep 300 &\necho $! > {}\nwait",
+            pid_file.display()
+        ),
+    );
+    let hub = TestHub::start_with(|c| {
+        c.plugins.allowlist = vec!["exec".into()];
+        c.plugins.config.insert(
+            "exec".into(),
+            json!({ "command": script, "timeout": 1, "event_types": ["token.created"] }),
+        );
+    })
+    .await;
+    make_events(&hub, 1).await;
+    let failed = eventually(Duration::from_secs(10), "the exec timeout", || async {
+        let exec = hub.plugin_status("exec").await;
+        (exec["failed"] == 1).then_some(exec)
+    })
+    .await;
+    assert!(
+        failed["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("timed out after 1 s"),
+        "{failed}"
+    );
+    let pid = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .to_string();
+    eventually(
+        Duration::from_secs(5),
+        "the grandchild to be gone",
+        || async {
+            // A killed process may linger as a zombie until reaped; either way it no longer runs.
+            let status = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            (status.is_empty() || status.contains(") Z ")).then_some(())
+        },
+    )
+    .await;
 }

@@ -16,6 +16,24 @@ use tempfile::TempDir;
 
 /// Password of the first admin in every test hub.
 pub const ADMIN_PASSWORD: &str = "admin-password-for-tests";
+/// The keys of every event, in the order of the contract.
+pub const EVENT_KEYS: [&str; 14] = [
+    "event_id",
+    "event_type",
+    "timestamp",
+    "user_id",
+    "username",
+    "server_id",
+    "server_name",
+    "target_type",
+    "target_id",
+    "action",
+    "meta",
+    "ip",
+    "user_agent",
+    "severity",
+];
+
 /// Password given to the users the helpers create.
 pub const USER_PASSWORD: &str = "user-password-for-tests";
 
@@ -161,6 +179,19 @@ impl TestHub {
         let username = format!("{role}-{}", uuid_suffix());
         self.create_user(&username, role).await;
         self.login(&username, USER_PASSWORD).await
+    }
+
+    /// One plugin's entry in `GET /api/plugins` (as admin).
+    pub async fn plugin_status(&self, name: &str) -> Value {
+        let (status, body) = self.get("/api/plugins", &self.admin_token).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body["plugins"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("no plugin {name} in {body}"))
+            .clone()
     }
 
     /// Events of the audit log matching a query string (as admin), newest first.
