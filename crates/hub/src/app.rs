@@ -13,11 +13,14 @@ use crate::config::Config;
 use crate::events::EventService;
 use crate::events::dispatcher::InFlight;
 use crate::plugins::{PluginContext, PluginDeps, PluginManager, PluginRegistry};
+use crate::secrets::SecretBox;
 use crate::store::Store;
 use crate::store::sqlite::SqliteStore;
 use crate::system::SystemService;
 use crate::users::{FirstAdmin, UserService};
+use crate::webhooks::delivery;
 use crate::webhooks::send::WebhookClient;
+use crate::webhooks::service::WebhookService;
 use crate::webhooks::ssrf::SsrfPolicy;
 
 /// Everything a request handler can reach: the services, never the store directly.
@@ -29,6 +32,7 @@ pub struct AppState {
     pub events: EventService,
     pub system: SystemService,
     pub plugins: Arc<PluginManager>,
+    pub webhooks: WebhookService,
 }
 
 /// Open the configured store and apply migrations.
@@ -93,6 +97,20 @@ impl Hub {
         let plugins = PluginManager::start(&config.plugins, &registry, &deps, &ctx, store.clone())
             .await
             .map_err(anyhow::Error::msg)?;
+        let secrets = SecretBox::load(config.secret_key.expose(), &config.data_dir)?;
+        let webhooks = WebhookService::new(
+            store.clone(),
+            secrets,
+            deps.webhooks.clone(),
+            config.webhooks.clone(),
+        );
+        let stale = webhooks.release_leases().await.map_err(with_cause)?;
+        if stale > 0 {
+            tracing::info!(
+                deliveries = stale,
+                "resuming webhook deliveries interrupted by the last stop"
+            );
+        }
 
         let state = AppState {
             auth,
@@ -100,13 +118,26 @@ impl Hub {
             events: EventService::new(store.clone()),
             system: SystemService::new(store.clone()),
             plugins: plugins.clone(),
+            webhooks: webhooks.clone(),
             config: Arc::new(config),
         };
         let shutdown = CancellationToken::new();
-        let workers = vec![(
-            "auth-housekeeping",
-            spawn_housekeeping(state.auth.clone(), shutdown.clone()),
-        )];
+        let mut workers = vec![
+            (
+                "auth-housekeeping",
+                spawn_housekeeping(state.auth.clone(), shutdown.clone()),
+            ),
+            (
+                "webhook-delivery-pruner",
+                tokio::spawn(delivery::run_pruner(webhooks.clone(), shutdown.clone())),
+            ),
+        ];
+        for _ in 0..state.config.webhooks.workers {
+            workers.push((
+                "webhook-delivery",
+                tokio::spawn(delivery::run_worker(webhooks.clone(), shutdown.clone())),
+            ));
+        }
         let dispatcher = tokio::spawn(crate::events::dispatcher::run(
             store.clone(),
             plugins.clone(),

@@ -23,6 +23,10 @@ pub struct Config {
     /// Password of the first admin, used only when the database has no user yet.
     #[serde(skip_serializing)]
     pub admin_password: Secret,
+    /// Key for secrets at rest (32 bytes, base64 or hex); empty means `<data_dir>/secret.key`,
+    /// generated on first start.
+    #[serde(skip_serializing)]
+    pub secret_key: Secret,
     /// Log output: `text` or `json`. The level comes from `RUST_LOG` (default `info`).
     pub log_format: String,
     /// Largest accepted request body, in bytes.
@@ -81,12 +85,38 @@ impl Default for PluginsConfig {
     }
 }
 
-/// Outbound webhook requests.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+/// Outbound webhook requests and managed webhook delivery.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WebhooksConfig {
     /// CIDRs exempt from the SSRF guard (e.g. `10.0.0.0/8` for a receiver on the LAN).
     pub allow_cidrs: Vec<String>,
+    /// Delivery workers (deliveries in progress at once, all webhooks together).
+    pub workers: usize,
+    /// Deliveries in progress at once to any one webhook.
+    pub per_webhook_concurrency: usize,
+    /// First retry delay; each further retry doubles it (with jitter) up to `retry_cap_secs`.
+    pub retry_base_secs: u64,
+    /// Longest delay between two attempts.
+    pub retry_cap_secs: u64,
+    /// A webhook failing without a single success for this long is disabled.
+    pub disable_after_secs: u64,
+    /// Delivery log rows older than this are pruned.
+    pub delivery_retention_days: u64,
+}
+
+impl Default for WebhooksConfig {
+    fn default() -> Self {
+        Self {
+            allow_cidrs: Vec::new(),
+            workers: 4,
+            per_webhook_concurrency: 2,
+            retry_base_secs: 30,
+            retry_cap_secs: 3600,
+            disable_after_secs: 24 * 3600,
+            delivery_retention_days: 30,
+        }
+    }
 }
 
 /// A configured secret: readable by the code that needs it, redacted from `Debug` output.
@@ -142,6 +172,7 @@ impl Default for Config {
             data_dir: PathBuf::from("./smon-data"),
             database_url: String::new(),
             admin_password: Secret::default(),
+            secret_key: Secret::default(),
             log_format: "text".into(),
             max_body_bytes: 1024 * 1024,
             auth: AuthConfig::default(),
@@ -208,6 +239,9 @@ impl Config {
         if let Some(pw) = env.get("SMON_ADMIN_PASSWORD") {
             config.admin_password = Secret(pw.clone());
         }
+        if let Some(key) = env.get("SMON_SECRET_KEY") {
+            config.secret_key = Secret(key.clone());
+        }
         config.validate()?;
         Ok(config)
     }
@@ -245,6 +279,16 @@ impl Config {
                 "plugins: queue_capacity and event_timeout_secs must be at least 1".into(),
             );
         }
+        let w = &self.webhooks;
+        if w.workers == 0 || w.per_webhook_concurrency == 0 || w.retry_base_secs == 0 {
+            return invalid(
+                "webhooks: workers, per_webhook_concurrency and retry_base_secs must be at least 1"
+                    .into(),
+            );
+        }
+        if w.retry_cap_secs < w.retry_base_secs {
+            return invalid("webhooks.retry_cap_secs: must not be below retry_base_secs".into());
+        }
         for cidr in &self.webhooks.allow_cidrs {
             if cidr.parse::<ipnet::IpNet>().is_err() && cidr.parse::<std::net::IpAddr>().is_err() {
                 return invalid(format!(
@@ -276,6 +320,11 @@ impl Config {
             "admin_password".into(),
             "SMON_ADMIN_PASSWORD".into(),
             "\"\"".into(),
+        ));
+        out.push((
+            "secret_key".into(),
+            "SMON_SECRET_KEY".into(),
+            "\"\" (generated <data_dir>/secret.key)".into(),
         ));
         out.push((
             "plugins.config.<name>".into(),

@@ -7,6 +7,7 @@ pub mod config;
 pub mod error;
 pub mod events;
 pub mod plugins;
+pub mod secrets;
 pub mod store;
 pub mod system;
 pub mod users;

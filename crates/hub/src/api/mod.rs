@@ -6,6 +6,7 @@ pub mod extract;
 pub mod health;
 pub mod plugins;
 pub mod users;
+pub mod webhooks;
 
 use std::sync::Arc;
 
@@ -59,6 +60,7 @@ impl Success {
         (name = "users", description = "User accounts and personal API tokens"),
         (name = "events", description = "The event log: audit trail, recent activity, catalog"),
         (name = "plugins", description = "Plugins and their counters"),
+        (name = "webhooks", description = "Managed webhooks: signed, retried, SSRF-safe, with delivery logs"),
     )
 )]
 struct ApiDoc;
@@ -100,6 +102,16 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(events::recent_activity))
         .routes(routes!(events::event_types))
         .routes(routes!(plugins::list_plugins))
+        .routes(routes!(webhooks::list_webhooks, webhooks::create_webhook))
+        .routes(routes!(
+            webhooks::get_webhook,
+            webhooks::update_webhook,
+            webhooks::delete_webhook
+        ))
+        .routes(routes!(webhooks::test_webhook))
+        .routes(routes!(webhooks::rotate_secret))
+        .routes(routes!(webhooks::list_deliveries))
+        .routes(routes!(webhooks::redeliver))
 }
 
 /// The OpenAPI document of this build.

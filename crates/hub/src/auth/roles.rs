@@ -55,6 +55,8 @@ pub enum Permission {
     ManageUsers,
     /// See plugins and their counters.
     ManagePlugins,
+    /// Create, change, test and delete managed webhooks; read their delivery logs.
+    ManageWebhooks,
 }
 
 impl Permission {
@@ -66,7 +68,9 @@ impl Permission {
                 &[Admin, Operator, Viewer, Auditor]
             }
             Permission::ReadAuditLog => &[Admin, Auditor],
-            Permission::ManageUsers | Permission::ManagePlugins => &[Admin],
+            Permission::ManageUsers | Permission::ManagePlugins | Permission::ManageWebhooks => {
+                &[Admin]
+            }
         }
     }
 
@@ -78,6 +82,7 @@ impl Permission {
             Permission::ReadAuditLog => "read the audit log",
             Permission::ManageUsers => "manage users",
             Permission::ManagePlugins => "manage plugins",
+            Permission::ManageWebhooks => "manage webhooks",
         }
     }
 }

@@ -45,6 +45,11 @@ catalog! {
     UserDeleted = "user.deleted", Warning, "A user account was deleted.";
     TokenCreated = "token.created", Info, "A personal API token was created.";
     TokenRevoked = "token.revoked", Info, "A personal API token was revoked.";
+    WebhookCreated = "webhook.created", Info, "A managed webhook was created.";
+    WebhookUpdated = "webhook.updated", Info, "A managed webhook was changed (meta.changes lists what), including secret rotation and enabling.";
+    WebhookDeleted = "webhook.deleted", Warning, "A managed webhook was deleted with its queue and delivery log.";
+    WebhookDisabled = "webhook.disabled", Error, "The hub disabled a webhook: its receiver answered 410 Gone or failed continuously for the configured period.";
+    WebhookTest = "webhook.test", Info, "A test delivery was sent to one webhook (POST /api/webhooks/{id}/test); it goes to that webhook only.";
     PluginError = "plugin.error", Error, "A plugin failed, panicked or timed out on an event, or failed to start (at most one per plugin per 10 s; meta.suppressed counts the rest).";
 }
 

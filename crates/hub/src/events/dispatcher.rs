@@ -1,4 +1,5 @@
-//! The outbox dispatcher: undispatched events, in order, to the plugin manager; an event is
+//! The outbox dispatcher: undispatched events, in order, to the managed webhooks' delivery
+//! queue and to the plugin manager; an event is
 //! marked dispatched once every plugin is done with it, so a crash at any point loses nothing
 //! (at worst a plugin sees an event twice, with the same event id).
 
@@ -16,7 +17,7 @@ use crate::store::Store;
 /// Events fetched per query.
 const BATCH: u32 = 256;
 /// Events handed out since the oldest one a plugin has not finished, at most. Past this a slow
-/// plugin's oldest events are marked dispatched anyway (and counted), so that one plugin can
+/// plugin's oldest events are marked dispatched anyway (with a warning), so that one plugin can
 /// never stall the others: bounded memory, at the price of at-most-once for that plugin.
 const MAX_IN_FLIGHT: usize = 65_536;
 /// Poll interval for events written by other processes (the CLI) that send no signal.
@@ -81,6 +82,9 @@ pub async fn run(
             in_flight.shed_excess(store.as_ref()).await?;
             let batch = store.undispatched_events(cursor, BATCH).await?;
             more_waiting = batch.len() == BATCH as usize;
+            // Webhook deliveries are durable jobs: queued before the events can be marked.
+            let events: Vec<_> = batch.iter().map(|(_, e)| e.clone()).collect();
+            store.enqueue_for_events(&events, Utc::now()).await?;
             for (seq, event) in batch {
                 cursor = seq;
                 in_flight

@@ -4,13 +4,12 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use rand::Rng;
 use serde::Deserialize;
 use serde_json::Value;
 
 use super::{Plugin, PluginError, check_event_types, parse_config};
 use crate::events::Event;
-use crate::webhooks::send::{Delivery, Verdict, WebhookClient};
+use crate::webhooks::send::{Delivery, Verdict, WebhookClient, backoff};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -69,12 +68,6 @@ impl WebhookPlugin {
     }
 }
 
-/// Exponential backoff with jitter: about 1 s, 2 s, 4 s … capped, each between half and all of it.
-pub fn backoff(attempt: u32) -> Duration {
-    let full = Duration::from_secs(1u64 << attempt.saturating_sub(1).min(5)).min(MAX_BACKOFF);
-    full.mul_f64(rand::rng().random_range(0.5..=1.0))
-}
-
 #[async_trait]
 impl Plugin for WebhookPlugin {
     fn name(&self) -> &str {
@@ -123,7 +116,9 @@ impl Plugin for WebhookPlugin {
                     )));
                 }
                 Verdict::Retry { after } => {
-                    let pause = after.unwrap_or_else(|| backoff(attempt)).min(MAX_BACKOFF);
+                    let pause = after
+                        .unwrap_or_else(|| backoff(Duration::from_secs(1), MAX_BACKOFF, attempt))
+                        .min(MAX_BACKOFF);
                     tracing::debug!(plugin = %self.name, attempt, %error, ?pause, "webhook attempt failed; retrying");
                     tokio::time::sleep(pause).await;
                 }

@@ -135,11 +135,143 @@ pub trait EventStore: Send + Sync {
     async fn mark_dispatched(&self, up_to_seq: i64, at: DateTime<Utc>) -> Result<u64>;
     /// Notified after every commit that wrote an event, so the dispatcher need not poll hard.
     fn event_signal(&self) -> Arc<Notify>;
+    /// One event by id.
+    async fn event_by_id(&self, event_id: &str) -> Result<Option<Event>>;
+}
+
+/// A managed webhook row. Secrets are sealed (see [`crate::secrets::SecretBox`]).
+#[derive(Clone)]
+pub struct WebhookRecord {
+    pub id: String,
+    pub name: String,
+    pub url: String,
+    pub secret: Option<String>,
+    pub previous_secret: Option<String>,
+    pub previous_secret_expires_at: Option<DateTime<Utc>>,
+    pub enabled: bool,
+    /// `None` means every type.
+    pub event_types: Option<Vec<String>>,
+    pub retry_max: u32,
+    pub timeout_secs: u32,
+    pub created_by: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub last_triggered_at: Option<DateTime<Utc>>,
+    pub failing_since: Option<DateTime<Utc>>,
+    pub disabled_reason: Option<String>,
+}
+
+impl WebhookRecord {
+    /// Whether events of this type go to this webhook.
+    pub fn wants(&self, event_type: &str) -> bool {
+        self.event_types
+            .as_ref()
+            .is_none_or(|types| types.iter().any(|t| t == event_type))
+    }
+}
+
+/// A delivery still to make.
+#[derive(Debug, Clone)]
+pub struct JobRecord {
+    pub id: String,
+    pub webhook_id: String,
+    pub event_id: String,
+    pub event_type: String,
+    pub payload: String,
+    /// Attempts made so far.
+    pub attempt: u32,
+    pub next_attempt_at: DateTime<Utc>,
+}
+
+/// One attempt, as the delivery log shows it.
+#[derive(Debug, Clone)]
+pub struct DeliveryRecord {
+    pub id: String,
+    pub webhook_id: String,
+    pub event_id: String,
+    pub event_type: String,
+    /// `success`, `failed` or `retrying`.
+    pub status: &'static str,
+    pub status_code: Option<u16>,
+    pub response_body: Option<String>,
+    pub error: Option<String>,
+    pub attempt: u32,
+    pub delivered_at: DateTime<Utc>,
+    pub duration_ms: u64,
+}
+
+/// What an attempt changes besides its log row.
+pub struct AttemptEffects<'a> {
+    /// When to try again; `None` ends the job.
+    pub retry_at: Option<DateTime<Utc>>,
+    /// The receiver accepted it (ends a run of failures).
+    pub succeeded: bool,
+    /// Disable the webhook with this reason, recording this `webhook.disabled` event.
+    pub disable: Option<(&'a str, &'a Event)>,
+}
+
+/// Managed webhooks, their delivery queue and log.
+#[async_trait]
+pub trait WebhookStore: Send + Sync {
+    /// Insert a webhook.
+    async fn insert_webhook(&self, webhook: &WebhookRecord, event: &Event) -> Result<()>;
+    /// One webhook.
+    async fn webhook(&self, id: &str) -> Result<Option<WebhookRecord>>;
+    /// Every webhook, oldest first.
+    async fn list_webhooks(&self) -> Result<Vec<WebhookRecord>>;
+    /// Replace a webhook's fields; `NotFound` when it is gone.
+    async fn update_webhook(&self, webhook: &WebhookRecord, event: &Event) -> Result<()>;
+    /// Delete a webhook, its queue and its log; `NotFound` when it is gone.
+    async fn delete_webhook(&self, id: &str, event: &Event) -> Result<()>;
+    /// Queue a delivery of each event to every enabled webhook that wants it (idempotent: a
+    /// delivery already queued for the same webhook and event is not queued twice).
+    async fn enqueue_for_events(&self, events: &[Event], now: DateTime<Utc>) -> Result<u64>;
+    /// Queue one delivery; `Conflict` when the same event is already queued for the webhook.
+    async fn enqueue_job(&self, job: &JobRecord) -> Result<()>;
+    /// Lease the most overdue job of an enabled webhook with fewer than `per_webhook`
+    /// deliveries in progress.
+    async fn claim_job(
+        &self,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        per_webhook: usize,
+    ) -> Result<Option<(JobRecord, WebhookRecord)>>;
+    /// Record an attempt and its effects in one transaction.
+    async fn finish_attempt(
+        &self,
+        job: &JobRecord,
+        delivery: &DeliveryRecord,
+        effects: AttemptEffects<'_>,
+    ) -> Result<()>;
+    /// Record a test delivery with its `webhook.test` event (written as already dispatched:
+    /// a test goes to its webhook only).
+    async fn record_test(&self, delivery: &DeliveryRecord, event: &Event) -> Result<()>;
+    /// A webhook's delivery log, newest first, and the total matching.
+    async fn deliveries(
+        &self,
+        webhook_id: &str,
+        status: Option<&str>,
+        limit: u32,
+        offset: u64,
+    ) -> Result<(Vec<DeliveryRecord>, u64)>;
+    /// One logged attempt of a webhook.
+    async fn delivery(&self, webhook_id: &str, delivery_id: &str)
+    -> Result<Option<DeliveryRecord>>;
+    /// Deliveries queued for a webhook.
+    async fn pending_jobs(&self, webhook_id: &str) -> Result<u64>;
+    /// When the next queued job falls due, if any.
+    async fn next_due(&self) -> Result<Option<DateTime<Utc>>>;
+    /// Drop every lease (a single hub at start: leases of a crashed run are stale).
+    async fn release_leases(&self) -> Result<u64>;
+    /// Delete log rows delivered before `before`.
+    async fn prune_deliveries(&self, before: DateTime<Utc>) -> Result<u64>;
+    /// Notified when jobs are queued.
+    fn job_signal(&self) -> Arc<Notify>;
 }
 
 /// A whole backend.
 #[async_trait]
-pub trait Store: UserStore + TokenStore + EventStore {
+pub trait Store: UserStore + TokenStore + EventStore + WebhookStore {
     /// Prove the database answers a read and accepts a write.
     async fn check_ready(&self) -> Result<()>;
     /// Close every connection, finishing in-flight statements.

@@ -48,6 +48,15 @@ pub struct Delivery<'a> {
     pub timeout: Duration,
 }
 
+/// Exponential backoff with jitter: `base`, 2×`base`, 4×`base` … capped at `cap`, each scaled
+/// by a random factor between ½ and 1 so that retries from many deliveries spread out.
+pub fn backoff(base: Duration, cap: Duration, attempt: u32) -> Duration {
+    let exp = base
+        .saturating_mul(1u32 << attempt.saturating_sub(1).min(20))
+        .min(cap);
+    exp.mul_f64(rand::Rng::random_range(&mut rand::rng(), 0.5..=1.0))
+}
+
 /// The HTTP client for webhooks: no redirects, no proxies, DNS through the SSRF guard.
 #[derive(Clone)]
 pub struct WebhookClient {

@@ -175,7 +175,7 @@ impl Resolve for GuardedResolver {
         let policy = self.policy.clone();
         Box::pin(async move {
             let host = name.as_str().to_string();
-            check_name(&host).map_err(|e| Box::new(Refused(e)))?;
+            check_name(&host).map_err(Refused)?;
             let addrs: Vec<SocketAddr> =
                 tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
             if addrs.is_empty() {
@@ -184,7 +184,7 @@ impl Resolve for GuardedResolver {
             for addr in &addrs {
                 policy
                     .check_ip(addr.ip())
-                    .map_err(|e| Box::new(Refused(format!("host {host} {e}"))))?;
+                    .map_err(|e| Refused(format!("host {host} {e}")))?;
             }
             let addrs: Addrs = Box::new(addrs.into_iter());
             Ok(addrs)

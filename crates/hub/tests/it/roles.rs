@@ -74,6 +74,15 @@ fn routes() -> Vec<(Method, &'static str, Access, Option<Value>)> {
         (Method::GET, "/api/activity/recent", Authenticated, None),
         (Method::GET, "/api/events/types", Authenticated, None),
         (Method::GET, "/api/plugins", Roles(ADMIN), None),
+        (Method::GET, "/api/webhooks", Roles(ADMIN), None),
+        (Method::POST, "/api/webhooks", Roles(ADMIN), Some(json!({}))),
+        (Method::GET, "/api/webhooks/{id}", Roles(ADMIN), None),
+        (Method::PUT, "/api/webhooks/{id}", Roles(ADMIN), Some(json!({ "name": "x" }))),
+        (Method::DELETE, "/api/webhooks/{id}", Roles(ADMIN), None),
+        (Method::POST, "/api/webhooks/{id}/test", Roles(ADMIN), None),
+        (Method::POST, "/api/webhooks/{id}/secret/rotate", Roles(ADMIN), None),
+        (Method::GET, "/api/webhooks/{id}/deliveries", Roles(ADMIN), None),
+        (Method::POST, "/api/webhooks/{id}/deliveries/{delivery_id}/redeliver", Roles(ADMIN), None),
     ]
 }
 
@@ -109,7 +118,9 @@ async fn every_route_admits_exactly_the_roles_of_the_matrix() {
     }
     for (method, path, access, body) in routes() {
         // Ids that do not exist: an admitted caller gets 404, not a change.
-        let path = path.replace("{id}", "00000000-0000-7000-8000-000000000000");
+        let path = path
+            .replace("{id}", "00000000-0000-7000-8000-000000000000")
+            .replace("{delivery_id}", "00000000-0000-7000-8000-000000000001");
         let request = |token: Option<&str>| {
             let req = hub.request(method.clone(), &path, token);
             match &body {

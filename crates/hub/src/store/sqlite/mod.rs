@@ -20,6 +20,8 @@ use crate::auth::roles::Role;
 use crate::error::{Error, Result};
 use crate::events::{Event, EventFilter, Severity};
 
+mod webhooks;
+
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
 /// The SQLite store. Writes go through one connection so they never contend for the lock.
@@ -28,6 +30,7 @@ pub struct SqliteStore {
     read: SqlitePool,
     write: SqlitePool,
     new_events: Arc<Notify>,
+    new_jobs: Arc<Notify>,
 }
 
 impl SqliteStore {
@@ -66,6 +69,7 @@ impl SqliteStore {
             read,
             write,
             new_events: Arc::new(Notify::new()),
+            new_jobs: Arc::new(Notify::new()),
         })
     }
 }
@@ -496,6 +500,14 @@ impl EventStore for SqliteStore {
 
     fn event_signal(&self) -> Arc<Notify> {
         self.new_events.clone()
+    }
+
+    async fn event_by_id(&self, event_id: &str) -> Result<Option<Event>> {
+        let row = sqlx::query("SELECT * FROM events WHERE event_id = ?")
+            .bind(event_id)
+            .fetch_optional(&self.read)
+            .await?;
+        row.as_ref().map(event_from_row).transpose()
     }
 
     async fn query_events(&self, f: &EventFilter) -> Result<(Vec<Event>, u64)> {

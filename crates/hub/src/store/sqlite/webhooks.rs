@@ -1,0 +1,468 @@
+//! SQLite: managed webhooks, their delivery queue and log.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::sqlite::SqliteRow;
+use sqlx::{Row, SqliteConnection};
+use std::sync::Arc;
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+use super::{SqliteStore, corrupt, from_ms, insert_event, ms};
+use crate::error::{Error, Result};
+use crate::events::Event;
+use crate::store::{AttemptEffects, DeliveryRecord, JobRecord, WebhookRecord, WebhookStore};
+
+fn webhook_from_row(row: &SqliteRow) -> Result<WebhookRecord> {
+    let types: Option<String> = row.try_get("event_types")?;
+    let event_types = types
+        .map(|t| serde_json::from_str::<Vec<String>>(&t).map_err(|_| corrupt("event_types", &t)))
+        .transpose()?;
+    let opt_ms = |col: &str| -> Result<Option<DateTime<Utc>>> {
+        Ok(row.try_get::<Option<i64>, _>(col)?.map(from_ms))
+    };
+    Ok(WebhookRecord {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        url: row.try_get("url")?,
+        secret: row.try_get("secret")?,
+        previous_secret: row.try_get("previous_secret")?,
+        previous_secret_expires_at: opt_ms("previous_secret_expires_at")?,
+        enabled: row.try_get("enabled")?,
+        event_types,
+        retry_max: row.try_get::<i64, _>("retry_max")? as u32,
+        timeout_secs: row.try_get::<i64, _>("timeout")? as u32,
+        created_by: row.try_get("created_by")?,
+        created_at: from_ms(row.try_get("created_at")?),
+        updated_at: from_ms(row.try_get("updated_at")?),
+        last_triggered_at: opt_ms("last_triggered_at")?,
+        failing_since: opt_ms("failing_since")?,
+        disabled_reason: row.try_get("disabled_reason")?,
+    })
+}
+
+fn job_from_row(row: &SqliteRow) -> Result<JobRecord> {
+    Ok(JobRecord {
+        id: row.try_get("id")?,
+        webhook_id: row.try_get("webhook_id")?,
+        event_id: row.try_get("event_id")?,
+        event_type: row.try_get("event_type")?,
+        payload: row.try_get("payload")?,
+        attempt: row.try_get::<i64, _>("attempt")? as u32,
+        next_attempt_at: from_ms(row.try_get("next_attempt_at")?),
+    })
+}
+
+fn delivery_from_row(row: &SqliteRow) -> Result<DeliveryRecord> {
+    let status: String = row.try_get("status")?;
+    Ok(DeliveryRecord {
+        id: row.try_get("id")?,
+        webhook_id: row.try_get("webhook_id")?,
+        event_id: row.try_get("event_id")?,
+        event_type: row.try_get("event_type")?,
+        status: match status.as_str() {
+            "success" => "success",
+            "failed" => "failed",
+            "retrying" => "retrying",
+            _ => return Err(corrupt("delivery status", &status)),
+        },
+        status_code: row
+            .try_get::<Option<i64>, _>("status_code")?
+            .map(|c| c as u16),
+        response_body: row.try_get("response_body")?,
+        error: row.try_get("error")?,
+        attempt: row.try_get::<i64, _>("attempt")? as u32,
+        delivered_at: from_ms(row.try_get("delivered_at")?),
+        duration_ms: row.try_get::<i64, _>("duration_ms")? as u64,
+    })
+}
+
+fn types_json(types: &Option<Vec<String>>) -> Option<String> {
+    types
+        .as_ref()
+        .map(|t| serde_json::to_string(t).expect("strings serialise"))
+}
+
+async fn insert_delivery(conn: &mut SqliteConnection, d: &DeliveryRecord) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO webhook_deliveries (id, webhook_id, event_id, event_type, status, status_code,
+            response_body, error, attempt, delivered_at, duration_ms)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(&d.id)
+    .bind(&d.webhook_id)
+    .bind(&d.event_id)
+    .bind(&d.event_type)
+    .bind(d.status)
+    .bind(d.status_code.map(i64::from))
+    .bind(&d.response_body)
+    .bind(&d.error)
+    .bind(i64::from(d.attempt))
+    .bind(ms(d.delivered_at))
+    .bind(d.duration_ms as i64)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+async fn insert_job(
+    conn: &mut SqliteConnection,
+    j: &JobRecord,
+    now: DateTime<Utc>,
+) -> Result<bool> {
+    let done = sqlx::query(
+        "INSERT OR IGNORE INTO webhook_jobs (id, webhook_id, event_id, event_type, payload, attempt,
+            next_attempt_at, locked_until, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, NULL, ?)",
+    )
+    .bind(&j.id)
+    .bind(&j.webhook_id)
+    .bind(&j.event_id)
+    .bind(&j.event_type)
+    .bind(&j.payload)
+    .bind(i64::from(j.attempt))
+    .bind(ms(j.next_attempt_at))
+    .bind(ms(now))
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+#[async_trait]
+impl WebhookStore for SqliteStore {
+    async fn insert_webhook(&self, w: &WebhookRecord, event: &Event) -> Result<()> {
+        let mut tx = self.write.begin().await?;
+        sqlx::query(
+            "INSERT INTO webhooks (id, name, url, secret, previous_secret, previous_secret_expires_at,
+                enabled, event_types, retry_max, timeout, created_by, created_at, updated_at,
+                last_triggered_at, failing_since, disabled_reason)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&w.id)
+        .bind(&w.name)
+        .bind(&w.url)
+        .bind(&w.secret)
+        .bind(&w.previous_secret)
+        .bind(w.previous_secret_expires_at.map(ms))
+        .bind(w.enabled)
+        .bind(types_json(&w.event_types))
+        .bind(i64::from(w.retry_max))
+        .bind(i64::from(w.timeout_secs))
+        .bind(&w.created_by)
+        .bind(ms(w.created_at))
+        .bind(ms(w.updated_at))
+        .bind(w.last_triggered_at.map(ms))
+        .bind(w.failing_since.map(ms))
+        .bind(&w.disabled_reason)
+        .execute(&mut *tx)
+        .await?;
+        insert_event(&mut tx, event).await?;
+        tx.commit().await?;
+        self.new_events.notify_one();
+        Ok(())
+    }
+
+    async fn webhook(&self, id: &str) -> Result<Option<WebhookRecord>> {
+        let row = sqlx::query("SELECT * FROM webhooks WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.read)
+            .await?;
+        row.as_ref().map(webhook_from_row).transpose()
+    }
+
+    async fn list_webhooks(&self) -> Result<Vec<WebhookRecord>> {
+        let rows = sqlx::query("SELECT * FROM webhooks ORDER BY created_at, id")
+            .fetch_all(&self.read)
+            .await?;
+        rows.iter().map(webhook_from_row).collect()
+    }
+
+    async fn update_webhook(&self, w: &WebhookRecord, event: &Event) -> Result<()> {
+        let mut tx = self.write.begin().await?;
+        let done = sqlx::query(
+            "UPDATE webhooks SET name = ?, url = ?, secret = ?, previous_secret = ?,
+                previous_secret_expires_at = ?, enabled = ?, event_types = ?, retry_max = ?,
+                timeout = ?, updated_at = ?, failing_since = ?, disabled_reason = ?
+             WHERE id = ?",
+        )
+        .bind(&w.name)
+        .bind(&w.url)
+        .bind(&w.secret)
+        .bind(&w.previous_secret)
+        .bind(w.previous_secret_expires_at.map(ms))
+        .bind(w.enabled)
+        .bind(types_json(&w.event_types))
+        .bind(i64::from(w.retry_max))
+        .bind(i64::from(w.timeout_secs))
+        .bind(ms(w.updated_at))
+        .bind(w.failing_since.map(ms))
+        .bind(&w.disabled_reason)
+        .bind(&w.id)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(Error::NotFound(format!("webhook {}", w.id)));
+        }
+        insert_event(&mut tx, event).await?;
+        tx.commit().await?;
+        self.new_events.notify_one();
+        self.new_jobs.notify_waiters();
+        Ok(())
+    }
+
+    async fn delete_webhook(&self, id: &str, event: &Event) -> Result<()> {
+        let mut tx = self.write.begin().await?;
+        let done = sqlx::query("DELETE FROM webhooks WHERE id = ?")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(Error::NotFound(format!("webhook {id}")));
+        }
+        insert_event(&mut tx, event).await?;
+        tx.commit().await?;
+        self.new_events.notify_one();
+        Ok(())
+    }
+
+    async fn enqueue_for_events(&self, events: &[Event], now: DateTime<Utc>) -> Result<u64> {
+        let webhooks: Vec<WebhookRecord> = self
+            .list_webhooks()
+            .await?
+            .into_iter()
+            .filter(|w| w.enabled)
+            .collect();
+        if webhooks.is_empty() || events.is_empty() {
+            return Ok(0);
+        }
+        let mut tx = self.write.begin().await?;
+        let mut queued = 0;
+        for event in events {
+            let payload = serde_json::to_string(event).map_err(anyhow::Error::from)?;
+            for w in webhooks.iter().filter(|w| w.wants(&event.event_type)) {
+                let job = JobRecord {
+                    id: Uuid::now_v7().to_string(),
+                    webhook_id: w.id.clone(),
+                    event_id: event.event_id.to_string(),
+                    event_type: event.event_type.clone(),
+                    payload: payload.clone(),
+                    attempt: 0,
+                    next_attempt_at: now,
+                };
+                queued += u64::from(insert_job(&mut tx, &job, now).await?);
+            }
+        }
+        tx.commit().await?;
+        if queued > 0 {
+            self.new_jobs.notify_waiters();
+        }
+        Ok(queued)
+    }
+
+    async fn enqueue_job(&self, job: &JobRecord) -> Result<()> {
+        let mut conn = self.write.acquire().await?;
+        if !insert_job(&mut conn, job, Utc::now()).await? {
+            return Err(Error::Conflict(format!(
+                "event {} is already queued for this webhook",
+                job.event_id
+            )));
+        }
+        self.new_jobs.notify_waiters();
+        Ok(())
+    }
+
+    async fn claim_job(
+        &self,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        per_webhook: usize,
+    ) -> Result<Option<(JobRecord, WebhookRecord)>> {
+        let row = sqlx::query(
+            "UPDATE webhook_jobs SET locked_until = ?1 WHERE id = (
+                SELECT j.id FROM webhook_jobs j JOIN webhooks w ON w.id = j.webhook_id
+                WHERE w.enabled AND j.next_attempt_at <= ?2
+                  AND (j.locked_until IS NULL OR j.locked_until <= ?2)
+                  AND (SELECT COUNT(*) FROM webhook_jobs k
+                       WHERE k.webhook_id = j.webhook_id AND k.locked_until > ?2) < ?3
+                ORDER BY j.next_attempt_at, j.id LIMIT 1)
+             RETURNING *",
+        )
+        .bind(ms(lease_until))
+        .bind(ms(now))
+        .bind(per_webhook as i64)
+        .fetch_optional(&self.write)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let job = job_from_row(&row)?;
+        match self.webhook(&job.webhook_id).await? {
+            Some(w) => Ok(Some((job, w))),
+            None => Ok(None),
+        }
+    }
+
+    async fn finish_attempt(
+        &self,
+        job: &JobRecord,
+        delivery: &DeliveryRecord,
+        effects: AttemptEffects<'_>,
+    ) -> Result<()> {
+        let mut tx = self.write.begin().await?;
+        insert_delivery(&mut tx, delivery).await?;
+        match effects.retry_at {
+            Some(at) => {
+                sqlx::query(
+                    "UPDATE webhook_jobs SET attempt = ?, next_attempt_at = ?, locked_until = NULL
+                     WHERE id = ?",
+                )
+                .bind(i64::from(delivery.attempt))
+                .bind(ms(at))
+                .bind(&job.id)
+                .execute(&mut *tx)
+                .await?;
+            }
+            None => {
+                sqlx::query("DELETE FROM webhook_jobs WHERE id = ?")
+                    .bind(&job.id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        let stamp = ms(delivery.delivered_at);
+        let failing_since = if effects.succeeded { None } else { Some(stamp) };
+        sqlx::query(
+            "UPDATE webhooks SET last_triggered_at = ?,
+                failing_since = CASE WHEN ? IS NULL THEN NULL ELSE COALESCE(failing_since, ?) END
+             WHERE id = ?",
+        )
+        .bind(stamp)
+        .bind(failing_since)
+        .bind(failing_since)
+        .bind(&job.webhook_id)
+        .execute(&mut *tx)
+        .await?;
+        let mut wrote_event = false;
+        if let Some((reason, event)) = effects.disable {
+            let done = sqlx::query(
+                "UPDATE webhooks SET enabled = FALSE, disabled_reason = ?, updated_at = ?
+                 WHERE id = ? AND enabled",
+            )
+            .bind(reason)
+            .bind(stamp)
+            .bind(&job.webhook_id)
+            .execute(&mut *tx)
+            .await?;
+            // Several workers may conclude the same: only the first disables and tells.
+            if done.rows_affected() == 1 {
+                insert_event(&mut tx, event).await?;
+                wrote_event = true;
+            }
+        }
+        tx.commit().await?;
+        if wrote_event {
+            self.new_events.notify_one();
+        }
+        if effects.retry_at.is_some() {
+            self.new_jobs.notify_waiters();
+        }
+        Ok(())
+    }
+
+    async fn record_test(&self, delivery: &DeliveryRecord, event: &Event) -> Result<()> {
+        let mut tx = self.write.begin().await?;
+        insert_event(&mut tx, event).await?;
+        sqlx::query("UPDATE events SET dispatched_at = ts WHERE event_id = ?")
+            .bind(event.event_id.to_string())
+            .execute(&mut *tx)
+            .await?;
+        insert_delivery(&mut tx, delivery).await?;
+        sqlx::query("UPDATE webhooks SET last_triggered_at = ? WHERE id = ?")
+            .bind(ms(delivery.delivered_at))
+            .bind(&delivery.webhook_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn deliveries(
+        &self,
+        webhook_id: &str,
+        status: Option<&str>,
+        limit: u32,
+        offset: u64,
+    ) -> Result<(Vec<DeliveryRecord>, u64)> {
+        let rows = sqlx::query(
+            "SELECT * FROM webhook_deliveries WHERE webhook_id = ?1 AND (?2 IS NULL OR status = ?2)
+             ORDER BY delivered_at DESC, id DESC LIMIT ?3 OFFSET ?4",
+        )
+        .bind(webhook_id)
+        .bind(status)
+        .bind(i64::from(limit))
+        .bind(offset as i64)
+        .fetch_all(&self.read)
+        .await?;
+        let total: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM webhook_deliveries WHERE webhook_id = ?1 AND (?2 IS NULL OR status = ?2)",
+        )
+        .bind(webhook_id)
+        .bind(status)
+        .fetch_one(&self.read)
+        .await?;
+        let deliveries = rows
+            .iter()
+            .map(delivery_from_row)
+            .collect::<Result<Vec<_>>>()?;
+        Ok((deliveries, total as u64))
+    }
+
+    async fn delivery(
+        &self,
+        webhook_id: &str,
+        delivery_id: &str,
+    ) -> Result<Option<DeliveryRecord>> {
+        let row = sqlx::query("SELECT * FROM webhook_deliveries WHERE webhook_id = ? AND id = ?")
+            .bind(webhook_id)
+            .bind(delivery_id)
+            .fetch_optional(&self.read)
+            .await?;
+        row.as_ref().map(delivery_from_row).transpose()
+    }
+
+    async fn pending_jobs(&self, webhook_id: &str) -> Result<u64> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM webhook_jobs WHERE webhook_id = ?")
+            .bind(webhook_id)
+            .fetch_one(&self.read)
+            .await?;
+        Ok(n as u64)
+    }
+
+    async fn next_due(&self) -> Result<Option<DateTime<Utc>>> {
+        let at: Option<i64> = sqlx::query_scalar(
+            "SELECT MIN(j.next_attempt_at) FROM webhook_jobs j JOIN webhooks w ON w.id = j.webhook_id
+             WHERE w.enabled",
+        )
+        .fetch_one(&self.read)
+        .await?;
+        Ok(at.map(from_ms))
+    }
+
+    async fn release_leases(&self) -> Result<u64> {
+        let done = sqlx::query(
+            "UPDATE webhook_jobs SET locked_until = NULL WHERE locked_until IS NOT NULL",
+        )
+        .execute(&self.write)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn prune_deliveries(&self, before: DateTime<Utc>) -> Result<u64> {
+        let done = sqlx::query("DELETE FROM webhook_deliveries WHERE delivered_at < ?")
+            .bind(ms(before))
+            .execute(&self.write)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
+    fn job_signal(&self) -> Arc<Notify> {
+        self.new_jobs.clone()
+    }
+}
