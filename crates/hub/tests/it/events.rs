@@ -6,6 +6,7 @@ use std::time::Duration;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
+use crate::common::receiver::Receiver;
 use crate::common::*;
 
 /// Do one of everything the hub can do, so that every catalog type gets emitted.
@@ -42,15 +43,36 @@ async fn exercise_everything(hub: &TestHub) {
 
 #[tokio::test]
 async fn every_catalog_type_is_really_emitted_with_all_event_keys() {
-    // A plugin that always fails, so that plugin.error is emitted too.
+    // A plugin that always fails, so that plugin.error is emitted too; a receiver that
+    // accepts the test delivery, then answers 410 Gone, so that the webhook is disabled.
+    let receiver = Receiver::start(&[200, 410]).await;
     let hub = TestHub::start_with(|c| {
         c.plugins.allowlist = vec!["exec".into()];
         c.plugins
             .config
             .insert("exec".into(), json!({ "command": "false" }));
+        c.webhooks.allow_cidrs = vec!["127.0.0.1/32".into()];
     })
     .await;
+    let t = &hub.admin_token;
+    let (_, created) = hub
+        .send_json(
+            Method::POST,
+            "/api/webhooks",
+            t,
+            json!({ "name": "gone", "url": receiver.url(), "event_types": ["token.created"] }),
+        )
+        .await;
+    let webhook = format!("/api/webhooks/{}", created["webhook_id"].as_str().unwrap());
+    send(hub.request(Method::POST, &format!("{webhook}/test"), Some(t))).await;
+    hub.send_json(Method::PUT, &webhook, t, json!({ "retry_max": 2 }))
+        .await;
     exercise_everything(&hub).await;
+    eventually(Duration::from_secs(10), "webhook.disabled", || async {
+        (!hub.events("event_type=webhook.disabled").await.is_empty()).then_some(())
+    })
+    .await;
+    send(hub.request(Method::DELETE, &webhook, Some(t))).await;
     eventually(Duration::from_secs(10), "a plugin.error event", || async {
         (!hub.events("event_type=plugin.error").await.is_empty()).then_some(())
     })

@@ -9,3 +9,4 @@ mod lifecycle;
 mod plugins;
 mod roles;
 mod users;
+mod webhooks;

@@ -77,12 +77,32 @@ fn routes() -> Vec<(Method, &'static str, Access, Option<Value>)> {
         (Method::GET, "/api/webhooks", Roles(ADMIN), None),
         (Method::POST, "/api/webhooks", Roles(ADMIN), Some(json!({}))),
         (Method::GET, "/api/webhooks/{id}", Roles(ADMIN), None),
-        (Method::PUT, "/api/webhooks/{id}", Roles(ADMIN), Some(json!({ "name": "x" }))),
+        (
+            Method::PUT,
+            "/api/webhooks/{id}",
+            Roles(ADMIN),
+            Some(json!({ "name": "x" })),
+        ),
         (Method::DELETE, "/api/webhooks/{id}", Roles(ADMIN), None),
         (Method::POST, "/api/webhooks/{id}/test", Roles(ADMIN), None),
-        (Method::POST, "/api/webhooks/{id}/secret/rotate", Roles(ADMIN), None),
-        (Method::GET, "/api/webhooks/{id}/deliveries", Roles(ADMIN), None),
-        (Method::POST, "/api/webhooks/{id}/deliveries/{delivery_id}/redeliver", Roles(ADMIN), None),
+        (
+            Method::POST,
+            "/api/webhooks/{id}/secret/rotate",
+            Roles(ADMIN),
+            None,
+        ),
+        (
+            Method::GET,
+            "/api/webhooks/{id}/deliveries",
+            Roles(ADMIN),
+            None,
+        ),
+        (
+            Method::POST,
+            "/api/webhooks/{id}/deliveries/{delivery_id}/redeliver",
+            Roles(ADMIN),
+            None,
+        ),
     ]
 }
 

@@ -3,11 +3,13 @@
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 
 /// One request the receiver got.
@@ -15,13 +17,63 @@ use axum::routing::post;
 pub struct Received {
     pub headers: HeaderMap,
     pub body: Bytes,
+    pub at: Instant,
 }
 
-#[derive(Clone, Default)]
+impl Received {
+    /// A header's value (panics when missing).
+    pub fn header(&self, name: &str) -> String {
+        self.headers
+            .get(name)
+            .unwrap_or_else(|| panic!("no {name} header"))
+            .to_str()
+            .unwrap()
+            .to_string()
+    }
+
+    /// The body as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).expect("JSON body")
+    }
+}
+
+/// How to answer one request.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub delay: Duration,
+    pub headers: Vec<(&'static str, String)>,
+}
+
+impl Reply {
+    /// Answer with `status` at once.
+    pub fn status(status: u16) -> Reply {
+        Reply {
+            status,
+            delay: Duration::ZERO,
+            headers: Vec::new(),
+        }
+    }
+
+    /// Wait `delay` before answering.
+    pub fn after(mut self, delay: Duration) -> Reply {
+        self.delay = delay;
+        self
+    }
+
+    /// Add a response header.
+    pub fn header(mut self, name: &'static str, value: &str) -> Reply {
+        self.headers.push((name, value.to_string()));
+        self
+    }
+}
+
+#[derive(Clone)]
 struct Shared {
     received: Arc<Mutex<Vec<Received>>>,
-    /// Statuses to answer with, in order; 200 once they run out.
-    script: Arc<Mutex<VecDeque<u16>>>,
+    /// Replies in order; then `fallback` for ever.
+    script: Arc<Mutex<VecDeque<Reply>>>,
+    fallback: Reply,
 }
 
 /// A receiver listening on `127.0.0.1`, stopped when dropped.
@@ -31,21 +83,61 @@ pub struct Receiver {
     task: tokio::task::JoinHandle<()>,
 }
 
-async fn receive(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> StatusCode {
-    s.received.lock().unwrap().push(Received { headers, body });
-    let code = s.script.lock().unwrap().pop_front().unwrap_or(200);
-    StatusCode::from_u16(code).unwrap()
+async fn receive(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
+    s.received.lock().unwrap().push(Received {
+        headers,
+        body,
+        at: Instant::now(),
+    });
+    let reply = s
+        .script
+        .lock()
+        .unwrap()
+        .pop_front()
+        .unwrap_or_else(|| s.fallback.clone());
+    tokio::time::sleep(reply.delay).await;
+    let mut response = StatusCode::from_u16(reply.status).unwrap().into_response();
+    for (name, value) in reply.headers {
+        response.headers_mut().insert(name, value.parse().unwrap());
+    }
+    response
 }
 
 impl Receiver {
     /// Start a receiver that answers `statuses` in turn, then 200.
     pub async fn start(statuses: &[u16]) -> Receiver {
-        let shared = Shared::default();
-        shared.script.lock().unwrap().extend(statuses);
+        Self::scripted(
+            statuses.iter().map(|s| Reply::status(*s)).collect(),
+            Reply::status(200),
+        )
+        .await
+    }
+
+    /// Start a receiver that answers with `script` in turn, then `fallback` for ever.
+    pub async fn scripted(script: Vec<Reply>, fallback: Reply) -> Receiver {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::serve(listener, script, fallback)
+    }
+
+    /// Like [`Receiver::start`] on a given address (to bring a receiver "back up").
+    pub async fn start_on(addr: SocketAddr, statuses: &[u16]) -> Receiver {
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+        Self::serve(
+            listener,
+            statuses.iter().map(|s| Reply::status(*s)).collect(),
+            Reply::status(200),
+        )
+    }
+
+    fn serve(listener: tokio::net::TcpListener, script: Vec<Reply>, fallback: Reply) -> Receiver {
+        let shared = Shared {
+            received: Arc::default(),
+            script: Arc::new(Mutex::new(script.into())),
+            fallback,
+        };
         let app = Router::new()
             .route("/hook", post(receive))
             .with_state(shared.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let task = tokio::spawn(async move {
             axum::serve(listener, app).await.unwrap();
