@@ -889,3 +889,34 @@ async fn every_pending_delivery_survives_a_kill_9() {
     sigterm(&child);
     assert!(wait_exit(&mut child, Duration::from_secs(5)).success());
 }
+
+#[tokio::test]
+async fn delivery_logs_older_than_the_retention_are_pruned() {
+    let receiver = Receiver::start(&[]).await;
+    let hub = hub().await;
+    let (id, _) = create(
+        &hub,
+        json!({ "name": "r", "url": receiver.url(), "event_types": ["token.created"] }),
+    )
+    .await;
+    make_events(&hub, 2).await;
+    eventually(Duration::from_secs(10), "two deliveries logged", || async {
+        (deliveries(&hub, &id).await.len() == 2).then_some(())
+    })
+    .await;
+    // The pruner runs at start: with a retention of zero days every logged row is too old.
+    let dir = hub.stop().await;
+    let hub = TestHub::start_in(dir, |c| {
+        c.webhooks.allow_cidrs = vec!["127.0.0.1/32".into()];
+        c.webhooks.delivery_retention_days = 0;
+    })
+    .await;
+    eventually(Duration::from_secs(10), "the log pruned", || async {
+        deliveries(&hub, &id).await.is_empty().then_some(())
+    })
+    .await;
+    let (_, w) = hub
+        .get(&format!("/api/webhooks/{id}"), &hub.admin_token)
+        .await;
+    assert_eq!(w["name"], "r", "the webhook itself stays");
+}
