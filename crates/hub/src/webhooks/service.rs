@@ -22,6 +22,8 @@ use crate::store::{AttemptEffects, DeliveryRecord, JobRecord, Store, WebhookReco
 
 /// Longest grace period of a rotated secret.
 const MAX_GRACE_SECS: u64 = 7 * 24 * 3600;
+/// Shown (and logged as the delivery error) when a stored secret cannot be decrypted.
+const UNREADABLE_SECRET: &str = "the stored secret cannot be decrypted: restore the secret key (SMON_SECRET_KEY or secret.key) or set a new secret";
 /// A claimed job is leased this long (longer than the longest attempt).
 const LEASE: Duration = Duration::from_secs(90);
 
@@ -328,15 +330,15 @@ impl WebhookService {
 
     /// The API view of a webhook.
     pub async fn view(&self, w: WebhookRecord) -> Result<WebhookView> {
-        let secret = w
-            .secret
-            .as_deref()
-            .map(|s| self.secrets.open(s))
-            .transpose()?;
+        // A secret sealed with another key stays listable: the hint says what is wrong.
+        let secret = w.secret.as_deref().map(|s| match self.secrets.open(s) {
+            Ok(plain) => hint(&plain),
+            Err(_) => UNREADABLE_SECRET.to_string(),
+        });
         let pending = self.store.pending_jobs(&w.id).await?;
         Ok(WebhookView {
-            secret: secret.as_deref().map(hint),
             has_secret: secret.is_some(),
+            secret,
             previous_secret_expires_at: w
                 .previous_secret_expires_at
                 .filter(|at| *at > Utc::now() && w.previous_secret.is_some()),
@@ -565,7 +567,19 @@ impl WebhookService {
         event_type: &str,
         payload: &str,
     ) -> Result<Attempt> {
-        let secrets = self.signing_secrets(w)?;
+        let secrets = match self.signing_secrets(w) {
+            Ok(secrets) => secrets,
+            // Retrying cannot help until the operator restores the key or sets a new secret.
+            Err(_) => {
+                return Ok(Attempt {
+                    verdict: Verdict::Failed,
+                    status_code: None,
+                    response_body: None,
+                    error: Some(UNREADABLE_SECRET.into()),
+                    duration_ms: 0,
+                });
+            }
+        };
         let secrets: Vec<&str> = secrets.iter().map(String::as_str).collect();
         let attempt = self
             .client

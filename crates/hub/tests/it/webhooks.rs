@@ -920,3 +920,47 @@ async fn delivery_logs_older_than_the_retention_are_pruned() {
         .await;
     assert_eq!(w["name"], "r", "the webhook itself stays");
 }
+
+#[tokio::test]
+async fn a_lost_secret_key_is_reported_not_a_crash() {
+    let receiver = Receiver::start(&[]).await;
+    let hub = hub().await;
+    let (id, _) = create(
+        &hub,
+        json!({ "name": "r", "url": receiver.url(), "generate_secret": true }),
+    )
+    .await;
+    let dir = hub.stop().await;
+    // Started again with another key, the sealed secret cannot be opened.
+    let hub = TestHub::start_in(dir, |c| {
+        c.webhooks.allow_cidrs = vec!["127.0.0.1/32".into()];
+        c.secret_key = "ab".repeat(32).as_str().into();
+    })
+    .await;
+    let (status, list) = hub.get("/api/webhooks", &hub.admin_token).await;
+    assert_eq!(status, StatusCode::OK, "{list}");
+    assert!(
+        list["webhooks"][0]["secret"]
+            .as_str()
+            .unwrap()
+            .contains("cannot be decrypted")
+    );
+    let (_, outcome) = send(hub.request(
+        Method::POST,
+        &format!("/api/webhooks/{id}/test"),
+        Some(&hub.admin_token),
+    ))
+    .await;
+    assert_eq!(outcome["success"], false);
+    assert!(
+        outcome["error"].as_str().unwrap().contains("secret key"),
+        "{outcome}"
+    );
+    assert!(
+        receiver
+            .received()
+            .iter()
+            .all(|r| r.json()["event_type"] != "webhook.test"),
+        "nothing unsigned is sent"
+    );
+}
