@@ -12,6 +12,7 @@ pub mod store;
 pub mod system;
 pub mod users;
 pub mod webhooks;
+pub mod wire;
 
 pub use app::{AppState, Hub};
 pub use config::Config;

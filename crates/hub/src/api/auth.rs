@@ -13,8 +13,8 @@ use crate::app::AppState;
 use crate::auth::Caller;
 use crate::auth::roles::Role;
 use crate::error::Result;
-use crate::events::model::rfc3339_millis;
 use crate::users::UserView;
+use crate::wire::rfc3339_millis;
 
 /// Credentials.
 #[derive(Deserialize, ToSchema)]

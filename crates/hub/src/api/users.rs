@@ -11,9 +11,9 @@ use crate::api::extract::{ApiJson, Authorized, need};
 use crate::api::{ErrorBody, Success};
 use crate::app::AppState;
 use crate::error::Result;
-use crate::events::model::{opt_rfc3339_millis, rfc3339_millis};
 use crate::store::TokenRecord;
 use crate::users::{NewUser, UserPatch, UserView};
+use crate::wire::{opt_rfc3339_millis, rfc3339_millis};
 
 /// All users.
 #[derive(Serialize, ToSchema)]

@@ -11,8 +11,8 @@ use crate::api::extract::{ApiJson, ApiQuery, Authorized, OptionalJson, need};
 use crate::api::{ErrorBody, Success};
 use crate::app::AppState;
 use crate::error::Result;
-use crate::events::model::opt_rfc3339_millis;
 use crate::webhooks::service::{DeliveryView, NewWebhook, TestOutcome, WebhookPatch, WebhookView};
+use crate::wire::opt_rfc3339_millis;
 
 /// Every webhook (secrets only as hints).
 #[derive(Serialize, ToSchema)]

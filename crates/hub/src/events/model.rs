@@ -1,7 +1,9 @@
 //! The event: one JSON shape for the audit log, plugins and webhook bodies.
 
-use chrono::{DateTime, SecondsFormat, Utc};
-use serde::{Deserialize, Serialize, Serializer};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::wire::rfc3339_millis;
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -71,22 +73,6 @@ pub struct Event {
     pub ip: Option<String>,
     pub user_agent: Option<String>,
     pub severity: Severity,
-}
-
-/// RFC 3339 in UTC with millisecond precision and a `Z`, the one timestamp format on the wire.
-pub fn rfc3339_millis<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&t.to_rfc3339_opts(SecondsFormat::Millis, true))
-}
-
-/// Like [`rfc3339_millis`] for optional timestamps.
-pub fn opt_rfc3339_millis<S: Serializer>(
-    t: &Option<DateTime<Utc>>,
-    s: S,
-) -> Result<S::Ok, S::Error> {
-    match t {
-        Some(t) => rfc3339_millis(t, s),
-        None => s.serialize_none(),
-    }
 }
 
 impl Event {

@@ -15,9 +15,9 @@ use utoipa::ToSchema;
 
 use super::{Plugin, PluginContext, PluginDeps, PluginRegistry};
 use crate::config::PluginsConfig;
-use crate::events::model::opt_rfc3339_millis;
 use crate::events::{Event, EventType, Origin};
 use crate::store::Store;
+use crate::wire::opt_rfc3339_millis;
 
 /// At most one `plugin.error` event per plugin in this interval; the rest are counted.
 const ERROR_EVENT_INTERVAL: Duration = Duration::from_secs(10);

@@ -3,16 +3,16 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::auth::roles::Role;
 use crate::auth::{AuthService, Caller, password, token};
 use crate::error::{Error, Result};
-use crate::events::model::{opt_rfc3339_millis, rfc3339_millis};
 use crate::events::{Event, EventType, Origin};
 use crate::store::{Store, UserRecord};
+use crate::wire::{opt_rfc3339_millis, rfc3339_millis};
 
 /// A user as the API shows it (never the password hash).
 #[derive(Debug, Serialize, ToSchema)]
@@ -70,19 +70,12 @@ fn yes() -> bool {
 #[serde(deny_unknown_fields)]
 pub struct UserPatch {
     pub username: Option<String>,
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "crate::wire::present")]
     #[schema(value_type = Option<String>)]
     pub email: Option<Option<String>>,
     pub role: Option<Role>,
     pub enabled: Option<bool>,
     pub password: Option<String>,
-}
-
-/// Distinguish `"field": null` (Some(None)) from an absent field (None).
-fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
-    d: D,
-) -> Result<Option<Option<T>>, D::Error> {
-    Option::<T>::deserialize(d).map(Some)
 }
 
 /// What first start did about the initial admin.

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -15,10 +15,10 @@ use super::send::{Attempt, Delivery, Verdict, WebhookClient, backoff};
 use super::signing::{SECRET_PREFIX, generate_secret};
 use crate::config::WebhooksConfig;
 use crate::error::{Error, Result};
-use crate::events::model::{opt_rfc3339_millis, rfc3339_millis};
 use crate::events::{Event, EventType, Origin, unknown_event_type};
 use crate::secrets::SecretBox;
 use crate::store::{AttemptEffects, DeliveryRecord, JobRecord, Store, WebhookRecord};
+use crate::wire::{opt_rfc3339_millis, rfc3339_millis};
 
 /// Longest grace period of a rotated secret.
 const MAX_GRACE_SECS: u64 = 7 * 24 * 3600;
@@ -67,17 +67,11 @@ pub struct WebhookPatch {
     pub secret: Option<String>,
     pub generate_secret: Option<bool>,
     pub enabled: Option<bool>,
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "crate::wire::present")]
     #[schema(value_type = Option<Vec<String>>)]
     pub event_types: Option<Option<Vec<String>>>,
     pub retry_max: Option<u32>,
     pub timeout: Option<u32>,
-}
-
-fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
-    d: D,
-) -> std::result::Result<Option<Option<T>>, D::Error> {
-    Option::<T>::deserialize(d).map(Some)
 }
 
 /// A webhook as the API shows it: the secret only as a hint.

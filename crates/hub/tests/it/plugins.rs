@@ -541,17 +541,7 @@ async fn every_event_reaches_the_plugins_after_a_kill_9_during_dispatch() {
         ("PLUGIN_EXEC_CONFIG", plugin.as_str()),
     ];
     let (mut child, base, _) = spawn_serve_with(dir.path(), &env);
-    let client = reqwest::Client::new();
-    let login: Value = client
-        .post(format!("{base}/api/auth/login"))
-        .json(&json!({ "username": "admin", "password": ADMIN_PASSWORD }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let token = login["token"].as_str().unwrap().to_string();
+    let (client, token) = admin_session(&base, ADMIN_PASSWORD).await;
     for i in 0..30 {
         let resp = client
             .post(format!("{base}/api/users/me/tokens"))

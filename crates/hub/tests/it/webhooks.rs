@@ -814,17 +814,7 @@ async fn every_pending_delivery_survives_a_kill_9() {
         ("SMON_WEBHOOKS_PER_WEBHOOK_CONCURRENCY", "1"),
     ];
     let (mut child, base, _) = spawn_serve_with(dir.path(), &env);
-    let client = reqwest::Client::new();
-    let login: Value = client
-        .post(format!("{base}/api/auth/login"))
-        .json(&json!({ "username": "admin", "password": ADMIN_PASSWORD }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let token = login["token"].as_str().unwrap().to_string();
+    let (client, token) = admin_session(&base, ADMIN_PASSWORD).await;
     // A receiver taking a few milliseconds per delivery, one at a time: a backlog builds up.
     let created: Value = client
         .post(format!("{base}/api/webhooks"))

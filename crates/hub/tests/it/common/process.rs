@@ -90,3 +90,19 @@ pub fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatu
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Log in to a hub started with [`spawn_serve_with`] (and `SMON_ADMIN_PASSWORD`) as admin.
+pub async fn admin_session(base: &str, password: &str) -> (reqwest::Client, String) {
+    let client = reqwest::Client::new();
+    let login: serde_json::Value = client
+        .post(format!("{base}/api/auth/login"))
+        .json(&serde_json::json!({ "username": "admin", "password": password }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = login["token"].as_str().expect("login succeeds").to_string();
+    (client, token)
+}
