@@ -35,7 +35,7 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Plugins: which run, their queues and their settings.
     pub plugins: PluginsConfig,
-    /// Outbound webhook requests (the webhook plugin; managed webhooks later).
+    /// Outbound webhook requests: managed webhooks and the webhook plugin.
     pub webhooks: WebhooksConfig,
 }
 

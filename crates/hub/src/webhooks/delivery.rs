@@ -28,7 +28,11 @@ pub async fn run_worker(service: WebhookService, shutdown: CancellationToken) {
             Ok(true) => continue,
             Ok(false) => {}
             Err(e) => {
-                tracing::warn!(error = %e, "webhook delivery: database error; retrying");
+                let detail = match &e {
+                    crate::error::Error::Internal(inner) => format!("{inner:#}"),
+                    other => other.to_string(),
+                };
+                tracing::warn!(error = %detail, "webhook delivery could not claim or record a job; retrying");
                 tokio::time::sleep(IDLE_POLL).await;
                 continue;
             }

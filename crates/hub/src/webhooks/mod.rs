@@ -1,5 +1,5 @@
 //! Outbound webhooks: the SSRF guard, signatures and single delivery attempts. The webhook
-//! plugin uses them today; managed webhooks will reuse the same code.
+//! plugin and managed webhooks share them; managed webhooks add the service and workers.
 
 pub mod delivery;
 pub mod send;

@@ -163,11 +163,21 @@ impl WebhookClient {
         Attempt {
             verdict,
             status_code: Some(code),
-            response_body: Some(String::from_utf8_lossy(&body).into_owned()),
+            response_body: Some(truncate_utf8(String::from_utf8_lossy(&body).into_owned())),
             error,
             duration_ms: started.elapsed().as_millis() as u64,
         }
     }
+}
+
+/// At most [`MAX_RESPONSE_BODY`] bytes, cut on a character boundary.
+fn truncate_utf8(mut text: String) -> String {
+    let mut end = text.len().min(MAX_RESPONSE_BODY);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.truncate(end);
+    text
 }
 
 fn refused_by_guard(e: &(dyn std::error::Error + 'static)) -> bool {

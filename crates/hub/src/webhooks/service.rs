@@ -465,14 +465,20 @@ impl WebhookService {
                 w.previous_secret_expires_at = None;
                 changes.push("secret");
             }
+            // Replacing the secret outright also ends a rotation's grace period: an admin
+            // replacing a leaked secret must not leave the old one signing.
             (Some(s), false) => {
                 check_secret(&s)?;
                 w.secret = Some(self.secrets.seal(&s));
+                w.previous_secret = None;
+                w.previous_secret_expires_at = None;
                 changes.push("secret");
             }
             (None, true) => {
                 let s = generate_secret();
                 w.secret = Some(self.secrets.seal(&s));
+                w.previous_secret = None;
+                w.previous_secret_expires_at = None;
                 generated = Some(s);
                 changes.push("secret");
             }

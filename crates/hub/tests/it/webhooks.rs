@@ -799,6 +799,34 @@ async fn a_rotated_secret_signs_alongside_the_old_one_during_the_grace_period() 
         verify_independently(&r, &[&newest, &new]),
         json!({ "sm": true, "standard": [true, false] })
     );
+
+    // Replacing a (leaked) secret with PUT ends a running grace period too.
+    let path = format!("/api/webhooks/{id}/secret/rotate");
+    let body = json!({ "grace_period_seconds": 3600 });
+    hub.send_json(Method::POST, &path, &hub.admin_token, body)
+        .await;
+    let (_, replaced) = hub
+        .send_json(
+            Method::PUT,
+            &format!("/api/webhooks/{id}"),
+            &hub.admin_token,
+            json!({ "generate_secret": true }),
+        )
+        .await;
+    assert_eq!(
+        replaced["webhook"]["previous_secret_expires_at"],
+        Value::Null
+    );
+    let fresh = replaced["secret"].as_str().unwrap().to_string();
+    make_events(&hub, 1).await;
+    let r = wait_for(&receiver, 3, Duration::from_secs(10))
+        .await
+        .remove(2);
+    assert_eq!(r.header("webhook-signature").matches("v1,").count(), 1);
+    assert_eq!(
+        verify_independently(&r, &[&fresh]),
+        json!({ "sm": true, "standard": [true] })
+    );
 }
 
 #[tokio::test]
