@@ -12,6 +12,7 @@ use crate::auth::AuthService;
 use crate::config::Config;
 use crate::events::EventService;
 use crate::events::dispatcher::InFlight;
+use crate::metrics::HttpMetrics;
 use crate::plugins::{PluginContext, PluginDeps, PluginManager, PluginRegistry};
 use crate::secrets::SecretBox;
 use crate::store::Store;
@@ -33,6 +34,7 @@ pub struct AppState {
     pub system: SystemService,
     pub plugins: Arc<PluginManager>,
     pub webhooks: WebhookService,
+    pub http_metrics: Arc<HttpMetrics>,
 }
 
 /// Open the configured store and apply migrations.
@@ -119,6 +121,7 @@ impl Hub {
             system: SystemService::new(store.clone()),
             plugins: plugins.clone(),
             webhooks: webhooks.clone(),
+            http_metrics: Arc::default(),
             config: Arc::new(config),
         };
         let shutdown = CancellationToken::new();

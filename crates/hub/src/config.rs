@@ -27,6 +27,9 @@ pub struct Config {
     /// generated on first start.
     #[serde(skip_serializing)]
     pub secret_key: Secret,
+    /// Bearer token that may read `GET /api/metrics` (for Prometheus); empty means admins only.
+    #[serde(skip_serializing)]
+    pub metrics_token: Secret,
     /// Log output: `text` or `json`. The level comes from `RUST_LOG` (default `info`).
     pub log_format: String,
     /// Largest accepted request body, in bytes.
@@ -173,6 +176,7 @@ impl Default for Config {
             database_url: String::new(),
             admin_password: Secret::default(),
             secret_key: Secret::default(),
+            metrics_token: Secret::default(),
             log_format: "text".into(),
             max_body_bytes: 1024 * 1024,
             auth: AuthConfig::default(),
@@ -241,6 +245,9 @@ impl Config {
         }
         if let Some(key) = env.get("SMON_SECRET_KEY") {
             config.secret_key = Secret(key.clone());
+        }
+        if let Some(token) = env.get("SMON_METRICS_TOKEN") {
+            config.metrics_token = Secret(token.clone());
         }
         config.validate()?;
         Ok(config)
@@ -325,6 +332,11 @@ impl Config {
             "secret_key".into(),
             "SMON_SECRET_KEY".into(),
             "\"\" (generated <data_dir>/secret.key)".into(),
+        ));
+        out.push((
+            "metrics_token".into(),
+            "SMON_METRICS_TOKEN".into(),
+            "\"\"".into(),
         ));
         out.push((
             "plugins.config.<name>".into(),

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::store::Store;
+use crate::store::{QueueDepths, Store};
 
 /// A load balancer asking for readiness wants an answer quickly, not after the lock timeout.
 const READY_TIMEOUT: Duration = Duration::from_secs(2);
@@ -19,6 +19,11 @@ impl SystemService {
     /// A service over `store`.
     pub fn new(store: Arc<dyn Store>) -> Self {
         Self { store }
+    }
+
+    /// The outbox and webhook delivery queue sizes.
+    pub async fn queue_depths(&self) -> Result<QueueDepths> {
+        self.store.queue_depths().await
     }
 
     /// `Unavailable` unless the database answers a read and accepts a write in time.

@@ -4,6 +4,7 @@ pub mod auth;
 pub mod events;
 pub mod extract;
 pub mod health;
+pub mod metrics;
 pub mod plugins;
 pub mod users;
 pub mod webhooks;
@@ -85,6 +86,7 @@ fn api_routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(health::health))
         .routes(routes!(health::ready))
+        .routes(routes!(metrics::metrics))
         .routes(routes!(auth::login))
         .routes(routes!(auth::logout))
         .routes(routes!(auth::verify))
@@ -149,6 +151,10 @@ pub fn router(state: AppState) -> Router {
     .route("/", get(home))
     .fallback(|| async { Error::NotFound("route".into()) })
     .method_not_allowed_fallback(|| async { Error::MethodNotAllowed })
+    .layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        metrics::track,
+    ))
     .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
     .layer(CatchPanicLayer::custom(
         |_panic: Box<dyn std::any::Any + Send>| -> Response {

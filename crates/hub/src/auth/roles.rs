@@ -57,6 +57,8 @@ pub enum Permission {
     ManagePlugins,
     /// Create, change, test and delete managed webhooks; read their delivery logs.
     ManageWebhooks,
+    /// Read `GET /api/metrics` (also open to the configured metrics token).
+    ReadMetrics,
 }
 
 impl Permission {
@@ -68,9 +70,10 @@ impl Permission {
                 &[Admin, Operator, Viewer, Auditor]
             }
             Permission::ReadAuditLog => &[Admin, Auditor],
-            Permission::ManageUsers | Permission::ManagePlugins | Permission::ManageWebhooks => {
-                &[Admin]
-            }
+            Permission::ManageUsers
+            | Permission::ManagePlugins
+            | Permission::ManageWebhooks
+            | Permission::ReadMetrics => &[Admin],
         }
     }
 
@@ -83,6 +86,7 @@ impl Permission {
             Permission::ManageUsers => "manage users",
             Permission::ManagePlugins => "manage plugins",
             Permission::ManageWebhooks => "manage webhooks",
+            Permission::ReadMetrics => "read metrics",
         }
     }
 }

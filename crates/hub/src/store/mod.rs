@@ -269,11 +269,20 @@ pub trait WebhookStore: Send + Sync {
     fn job_signal(&self) -> Arc<Notify>;
 }
 
+/// How much work is waiting.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct QueueDepths {
+    pub undispatched_events: u64,
+    pub webhook_jobs: u64,
+}
+
 /// A whole backend.
 #[async_trait]
 pub trait Store: UserStore + TokenStore + EventStore + WebhookStore {
     /// Prove the database answers a read and accepts a write.
     async fn check_ready(&self) -> Result<()>;
+    /// The outbox and delivery queue sizes.
+    async fn queue_depths(&self) -> Result<QueueDepths>;
     /// Close every connection, finishing in-flight statements.
     async fn close(&self);
 }

@@ -6,6 +6,7 @@ mod auth;
 mod errors;
 mod events;
 mod lifecycle;
+mod metrics;
 mod plugins;
 mod roles;
 mod users;

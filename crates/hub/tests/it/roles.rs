@@ -74,6 +74,7 @@ fn routes() -> Vec<(Method, &'static str, Access, Option<Value>)> {
         (Method::GET, "/api/activity/recent", Authenticated, None),
         (Method::GET, "/api/events/types", Authenticated, None),
         (Method::GET, "/api/plugins", Roles(ADMIN), None),
+        (Method::GET, "/api/metrics", Roles(ADMIN), None),
         (Method::GET, "/api/webhooks", Roles(ADMIN), None),
         (Method::POST, "/api/webhooks", Roles(ADMIN), Some(json!({}))),
         (Method::GET, "/api/webhooks/{id}", Roles(ADMIN), None),

@@ -15,7 +15,9 @@ use sqlx::sqlite::{
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 use tokio::sync::Notify;
 
-use super::{EventStore, Store, TokenKind, TokenRecord, TokenStore, UserRecord, UserStore};
+use super::{
+    EventStore, QueueDepths, Store, TokenKind, TokenRecord, TokenStore, UserRecord, UserStore,
+};
 use crate::auth::roles::Role;
 use crate::error::{Error, Result};
 use crate::events::{Event, EventFilter, Severity};
@@ -552,6 +554,20 @@ impl Store for SqliteStore {
         .await
         .map_err(unavailable("write"))?;
         Ok(())
+    }
+
+    async fn queue_depths(&self) -> Result<QueueDepths> {
+        let events: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM events WHERE dispatched_at IS NULL")
+                .fetch_one(&self.read)
+                .await?;
+        let jobs: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM webhook_jobs")
+            .fetch_one(&self.read)
+            .await?;
+        Ok(QueueDepths {
+            undispatched_events: events as u64,
+            webhook_jobs: jobs as u64,
+        })
     }
 
     async fn close(&self) {
