@@ -575,3 +575,86 @@ impl Store for SqliteStore {
         self.write.close().await;
     }
 }
+
+#[cfg(test)]
+mod query_plans {
+    use super::*;
+
+    /// The statements the store runs per request, per event or per delivery (as written in this
+    /// module and in `webhooks.rs`, with literals for their binds).
+    const HOT_QUERIES: &[(&str, &str)] = &[
+        ("session lookup", "SELECT * FROM auth_tokens WHERE token_hash = 'x'"),
+        ("user lookup", "SELECT * FROM users WHERE username = 'x'"),
+        (
+            "outbox fetch",
+            "SELECT * FROM events WHERE dispatched_at IS NULL AND seq > 0 ORDER BY seq LIMIT 256",
+        ),
+        (
+            "outbox mark",
+            "UPDATE events SET dispatched_at = 1 WHERE dispatched_at IS NULL AND seq <= 10",
+        ),
+        ("outbox depth", "SELECT COUNT(*) FROM events WHERE dispatched_at IS NULL"),
+        ("event by id", "SELECT * FROM events WHERE event_id = 'x'"),
+        (
+            "audit log by type",
+            "SELECT * FROM events WHERE 1 = 1 AND event_type = 'x' ORDER BY seq DESC LIMIT 100",
+        ),
+        (
+            "audit log by target",
+            "SELECT * FROM events WHERE 1 = 1 AND target_type = 'x' AND target_id = 'y' \
+             ORDER BY seq DESC LIMIT 100",
+        ),
+        (
+            "job claim",
+            "SELECT j.id FROM webhook_jobs j JOIN webhooks w ON w.id = j.webhook_id
+             WHERE w.enabled AND j.next_attempt_at <= 5
+               AND (j.locked_until IS NULL OR j.locked_until <= 5)
+               AND (SELECT COUNT(*) FROM webhook_jobs k
+                    WHERE k.webhook_id = j.webhook_id AND k.locked_until > 5) < 2
+             ORDER BY j.next_attempt_at, j.id LIMIT 1",
+        ),
+        (
+            "delivery log page",
+            "SELECT * FROM webhook_deliveries WHERE webhook_id = 'w' AND ('x' IS NULL OR status = 'x')
+             ORDER BY delivered_at DESC, id DESC LIMIT 50 OFFSET 0",
+        ),
+        ("delivery pruning", "DELETE FROM webhook_deliveries WHERE delivered_at < 5"),
+        ("pending per webhook", "SELECT COUNT(*) FROM webhook_jobs WHERE webhook_id = 'w'"),
+    ];
+
+    /// Tables that grow without bound; a plain scan of one is a bug on a hot path.
+    const LARGE_TABLES: &[&str] = &[
+        "events",
+        "auth_tokens",
+        "webhook_jobs",
+        "webhook_deliveries",
+    ];
+
+    #[tokio::test]
+    async fn hot_queries_use_indexes_on_large_tables() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("plan.db").display());
+        let store = SqliteStore::open(&url).await.unwrap();
+        let mut offenders = Vec::new();
+        for (name, sql) in HOT_QUERIES {
+            let rows = sqlx::query(&format!("EXPLAIN QUERY PLAN {sql}"))
+                .fetch_all(&store.read)
+                .await
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            for row in rows {
+                let detail: String = row.get("detail");
+                let scans_large = LARGE_TABLES
+                    .iter()
+                    .any(|t| detail.starts_with(&format!("SCAN {t}")) && !detail.contains("USING"));
+                if scans_large {
+                    offenders.push(format!("{name}: {detail}"));
+                }
+            }
+        }
+        assert!(
+            offenders.is_empty(),
+            "full scans on hot paths:\n{}",
+            offenders.join("\n")
+        );
+    }
+}
