@@ -76,10 +76,6 @@ impl Hub {
         let store = open_store(&config).await?;
         let auth = AuthService::new(store.clone(), config.auth.clone());
         let users = UserService::new(store.clone(), auth.clone());
-        let first_admin = users
-            .ensure_first_admin(Some(config.admin_password.expose()))
-            .await
-            .map_err(|e| with_cause(e).context("creating the first admin"))?;
 
         let listener = tokio::net::TcpListener::bind(&config.listen)
             .await
@@ -113,6 +109,13 @@ impl Hub {
                 "resuming webhook deliveries interrupted by the last stop"
             );
         }
+
+        // Last of the start-up steps that can fail: a generated password is printed only once,
+        // so it must not be created by a start that then fails (port taken, bad plugin).
+        let first_admin = users
+            .ensure_first_admin(Some(config.admin_password.expose()))
+            .await
+            .map_err(|e| with_cause(e).context("creating the first admin"))?;
 
         let state = AppState {
             auth,

@@ -264,3 +264,26 @@ fn a_bad_configuration_is_refused_with_the_key_named() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("SMON_AUTH_SESSION_IDLE_SECS"), "{err}");
 }
+
+#[test]
+fn a_failed_first_start_does_not_swallow_the_admin_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let out = smon(dir.path())
+        .env("SMON_LISTEN", taken.local_addr().unwrap().to_string())
+        .arg("serve")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot listen"), "{err}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("password"));
+    // The next, successful start is still the first: it creates admin and shows the password.
+    let (mut child, _, password) = spawn_serve(dir.path());
+    assert!(
+        password.is_some(),
+        "the admin password was lost with the failed start"
+    );
+    sigterm(&child);
+    assert!(wait_exit(&mut child, Duration::from_secs(5)).success());
+}
