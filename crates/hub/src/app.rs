@@ -8,6 +8,7 @@ use anyhow::Context;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::api::ratelimit::RateLimits;
 use crate::auth::AuthService;
 use crate::config::Config;
 use crate::events::EventService;
@@ -35,6 +36,7 @@ pub struct AppState {
     pub plugins: Arc<PluginManager>,
     pub webhooks: WebhookService,
     pub http_metrics: Arc<HttpMetrics>,
+    pub limits: Arc<RateLimits>,
 }
 
 /// Open the configured store and apply migrations.
@@ -125,13 +127,14 @@ impl Hub {
             plugins: plugins.clone(),
             webhooks: webhooks.clone(),
             http_metrics: Arc::default(),
+            limits: Arc::new(RateLimits::new(&config.rate_limits)),
             config: Arc::new(config),
         };
         let shutdown = CancellationToken::new();
         let mut workers = vec![
             (
                 "auth-housekeeping",
-                spawn_housekeeping(state.auth.clone(), shutdown.clone()),
+                spawn_housekeeping(state.auth.clone(), state.limits.clone(), shutdown.clone()),
             ),
             (
                 "webhook-delivery-pruner",
@@ -223,18 +226,25 @@ impl Hub {
     }
 }
 
-/// Periodically purge expired sessions and prune login limiter state.
-fn spawn_housekeeping(auth: AuthService, shutdown: CancellationToken) -> JoinHandle<()> {
+/// Periodically purge expired sessions and prune rate limiter state.
+fn spawn_housekeeping(
+    auth: AuthService,
+    limits: Arc<RateLimits>,
+    shutdown: CancellationToken,
+) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(60));
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = tick.tick() => match auth.housekeeping().await {
-                    Ok(0) => {}
-                    Ok(n) => tracing::debug!(purged = n, "expired sessions purged"),
-                    Err(e) => tracing::warn!(error = %e, "auth housekeeping failed"),
-                },
+                _ = tick.tick() => {
+                    limits.prune();
+                    match auth.housekeeping().await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::debug!(purged = n, "expired sessions purged"),
+                        Err(e) => tracing::warn!(error = %e, "auth housekeeping failed"),
+                    }
+                }
             }
         }
     })

@@ -40,6 +40,34 @@ pub struct Config {
     pub plugins: PluginsConfig,
     /// Outbound webhook requests: managed webhooks and the webhook plugin.
     pub webhooks: WebhooksConfig,
+    /// API rate limits (the login limits are under `auth`).
+    pub rate_limits: RateLimitsConfig,
+}
+
+/// API rate limits, each per minute.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitsConfig {
+    /// Requests per client address to the whole API (health, readiness, metrics and login
+    /// excepted).
+    pub api_per_minute: u32,
+    /// Webhooks one user may create.
+    pub webhook_create_per_minute: u32,
+    /// Test deliveries one user may send.
+    pub webhook_test_per_minute: u32,
+    /// Proxies (CIDRs) whose `X-Forwarded-For` names the client; others' is ignored.
+    pub trusted_proxies: Vec<String>,
+}
+
+impl Default for RateLimitsConfig {
+    fn default() -> Self {
+        Self {
+            api_per_minute: 1200,
+            webhook_create_per_minute: 20,
+            webhook_test_per_minute: 10,
+            trusted_proxies: Vec::new(),
+        }
+    }
 }
 
 /// Plugins. Only plugins named in `allowlist` are loaded.
@@ -182,6 +210,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             plugins: PluginsConfig::default(),
             webhooks: WebhooksConfig::default(),
+            rate_limits: RateLimitsConfig::default(),
         }
     }
 }
@@ -300,6 +329,20 @@ impl Config {
             if cidr.parse::<ipnet::IpNet>().is_err() && cidr.parse::<std::net::IpAddr>().is_err() {
                 return invalid(format!(
                     "webhooks.allow_cidrs: {cidr:?} is not a CIDR like 10.0.0.0/8"
+                ));
+            }
+        }
+        let r = &self.rate_limits;
+        if r.api_per_minute == 0
+            || r.webhook_create_per_minute == 0
+            || r.webhook_test_per_minute == 0
+        {
+            return invalid("rate_limits: every limit must be at least 1 per minute".into());
+        }
+        for cidr in &r.trusted_proxies {
+            if cidr.parse::<ipnet::IpNet>().is_err() && cidr.parse::<std::net::IpAddr>().is_err() {
+                return invalid(format!(
+                    "rate_limits.trusted_proxies: {cidr:?} is not a CIDR"
                 ));
             }
         }

@@ -32,7 +32,11 @@ pub enum Error {
     Conflict(String),
     /// Too many requests; try again after the given time.
     #[error("too many requests, retry in {} s", retry_after_secs(*retry_after))]
-    RateLimited { retry_after: Duration },
+    RateLimited {
+        retry_after: Duration,
+        /// The limit that was reached, for `X-RateLimit-*` headers.
+        limit: Option<u32>,
+    },
     /// The body is larger than the configured limit.
     #[error("request body is larger than {limit} bytes")]
     PayloadTooLarge { limit: usize },
@@ -103,11 +107,15 @@ impl IntoResponse for Error {
         }
         let mut response =
             (status, axum::Json(json!({ "error": self.to_string() }))).into_response();
-        if let Error::RateLimited { retry_after } = self {
+        if let Error::RateLimited { retry_after, limit } = self {
             let secs = retry_after_secs(retry_after).max(1);
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            let headers = response.headers_mut();
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            if let Some(limit) = limit {
+                headers.insert("x-ratelimit-limit", HeaderValue::from(limit));
+                headers.insert("x-ratelimit-remaining", HeaderValue::from(0));
+                headers.insert("x-ratelimit-reset", HeaderValue::from(secs));
+            }
         }
         response
     }

@@ -257,6 +257,23 @@ pub async fn render(state: &crate::app::AppState) -> crate::error::Result<String
             p.queued as f64,
         );
     }
+    out.help(
+        "smon_rate_limit_requests_total",
+        "counter",
+        "Requests checked by each rate limiter, by outcome.",
+    );
+    for limiter in state.limits.all() {
+        for (outcome, counter) in [
+            ("allowed", &limiter.allowed),
+            ("rejected", &limiter.rejected),
+        ] {
+            out.sample(
+                "smon_rate_limit_requests_total",
+                &[("limiter", limiter.name), ("outcome", outcome)],
+                counter.load(Ordering::Relaxed) as f64,
+            );
+        }
+    }
     if let Some(rss) = resident_memory_bytes() {
         out.help(
             "smon_process_resident_memory_bytes",

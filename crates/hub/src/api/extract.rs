@@ -122,14 +122,20 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
     }
 }
 
-/// Where a request came from (peer address and user agent), for events and rate limits.
+/// Where a request came from (client address, through trusted proxies, and user agent), for
+/// events and rate limits.
 pub struct ClientOrigin(pub Origin);
 
-fn origin_from(parts: &Parts) -> Origin {
+fn origin_from(parts: &Parts, state: &AppState) -> Origin {
     let ip = parts
         .extensions
         .get::<ConnectInfo<SocketAddr>>()
-        .map(|ConnectInfo(addr)| addr.ip().to_string());
+        .map(|ConnectInfo(addr)| {
+            state
+                .limits
+                .client_ip(addr.ip(), &parts.headers)
+                .to_string()
+        });
     let user_agent = parts
         .headers
         .get(USER_AGENT)
@@ -143,11 +149,11 @@ fn origin_from(parts: &Parts) -> Origin {
     }
 }
 
-impl<S: Send + Sync> FromRequestParts<S> for ClientOrigin {
+impl FromRequestParts<AppState> for ClientOrigin {
     type Rejection = Error;
 
-    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Error> {
-        Ok(ClientOrigin(origin_from(parts)))
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Error> {
+        Ok(ClientOrigin(origin_from(parts, state)))
     }
 }
 
@@ -178,7 +184,10 @@ impl FromRequestParts<AppState> for Caller {
                 "authentication required: send Authorization: Bearer <token> or log in".into(),
             )
         })?;
-        state.auth.authenticate(&token, origin_from(parts)).await
+        state
+            .auth
+            .authenticate(&token, origin_from(parts, state))
+            .await
     }
 }
 

@@ -21,11 +21,21 @@ pub async fn track(State(state): State<AppState>, req: Request, next: Next) -> R
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
-    let method = req.method().to_string();
+    // Only standard methods become label values: made-up ones must not create series.
+    let method: &'static str = match req.method().as_str() {
+        "GET" => "GET",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "DELETE" => "DELETE",
+        "PATCH" => "PATCH",
+        "HEAD" => "HEAD",
+        "OPTIONS" => "OPTIONS",
+        _ => "OTHER",
+    };
     let started = Instant::now();
     let response = next.run(req).await;
     state.http_metrics.record(
-        &method,
+        method,
         &route,
         response.status().as_u16(),
         started.elapsed(),
@@ -40,7 +50,7 @@ impl FromRequestParts<AppState> for MetricsReader {
     type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self> {
-        let configured = state.config.metrics_token.expose();
+        let configured = state.config.metrics_token.expose().trim();
         if !configured.is_empty() {
             let presented = parts
                 .headers

@@ -6,6 +6,7 @@ pub mod extract;
 pub mod health;
 pub mod metrics;
 pub mod plugins;
+pub mod ratelimit;
 pub mod users;
 pub mod webhooks;
 
@@ -151,9 +152,11 @@ pub fn router(state: AppState) -> Router {
     .route("/", get(home))
     .fallback(|| async { Error::NotFound("route".into()) })
     .method_not_allowed_fallback(|| async { Error::MethodNotAllowed })
+    // Inner to outer: the rate limit answers 429 before a handler runs; a panic becomes a 500;
+    // the request counter sees every answer, those two included.
     .layer(axum::middleware::from_fn_with_state(
         state.clone(),
-        metrics::track,
+        ratelimit::limit_api,
     ))
     .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
     .layer(CatchPanicLayer::custom(
@@ -161,6 +164,10 @@ pub fn router(state: AppState) -> Router {
             tracing::error!("request handler panicked");
             Error::Internal(anyhow::anyhow!("handler panicked")).into_response()
         },
+    ))
+    .layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        metrics::track,
     ))
     .layer(SetResponseHeaderLayer::overriding(
         header::X_CONTENT_TYPE_OPTIONS,

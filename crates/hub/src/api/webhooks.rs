@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::api::extract::{ApiJson, ApiQuery, Authorized, OptionalJson, need};
+use crate::api::ratelimit::Allowance;
 use crate::api::{ErrorBody, Success};
 use crate::app::AppState;
 use crate::error::Result;
@@ -60,6 +61,7 @@ pub async fn list_webhooks(
 }
 
 /// Create a webhook. `"generate_secret": true` has the hub make a `whsec_` secret, returned once.
+/// Limited per user (`rate_limits.webhook_create_per_minute`).
 #[utoipa::path(post, path = "/api/webhooks", tag = "webhooks", request_body = NewWebhook,
     responses((status = 201, body = WebhookCreated), (status = 400, body = ErrorBody),
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
@@ -67,11 +69,13 @@ pub async fn create_webhook(
     State(state): State<AppState>,
     caller: Authorized<need::ManageWebhooks>,
     ApiJson(new): ApiJson<NewWebhook>,
-) -> Result<(StatusCode, Json<WebhookCreated>)> {
+) -> Result<(StatusCode, Allowance, Json<WebhookCreated>)> {
+    let allowance = state.limits.webhook_create.check(&caller.user_id)?;
     let (webhook, secret) = state.webhooks.create(&caller.origin, new).await?;
     let view = state.webhooks.view(webhook).await?;
     Ok((
         StatusCode::CREATED,
+        allowance,
         Json(WebhookCreated {
             success: true,
             webhook_id: view.id.clone(),
@@ -129,7 +133,8 @@ pub async fn delete_webhook(
 }
 
 /// Deliver a `webhook.test` event to this webhook only, now, and answer with the real outcome
-/// (`success` is false when the receiver failed).
+/// (`success` is false when the receiver failed). Limited per user
+/// (`rate_limits.webhook_test_per_minute`).
 #[utoipa::path(post, path = "/api/webhooks/{id}/test", tag = "webhooks", params(("id" = String, Path)),
     responses((status = 200, body = TestOutcome), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
@@ -137,8 +142,12 @@ pub async fn test_webhook(
     State(state): State<AppState>,
     caller: Authorized<need::ManageWebhooks>,
     Path(id): Path<String>,
-) -> Result<Json<TestOutcome>> {
-    Ok(Json(state.webhooks.test(&caller.origin, &id).await?))
+) -> Result<(Allowance, Json<TestOutcome>)> {
+    let allowance = state.limits.webhook_test.check(&caller.user_id)?;
+    Ok((
+        allowance,
+        Json(state.webhooks.test(&caller.origin, &id).await?),
+    ))
 }
 
 /// How long the replaced secret keeps signing.

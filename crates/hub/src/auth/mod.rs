@@ -104,7 +104,10 @@ impl AuthService {
         if let Err(retry_after) = self.limiter.check(ip, username) {
             // Not written to the event log: a flood of refused attempts must not flood the log.
             tracing::warn!(%ip, username, "login rate limit reached");
-            return Err(Error::RateLimited { retry_after });
+            return Err(Error::RateLimited {
+                retry_after,
+                limit: None,
+            });
         }
 
         let user = self
@@ -195,7 +198,10 @@ impl AuthService {
         }
         let ip = caller.origin.ip.as_deref().unwrap_or("unknown");
         if let Err(retry_after) = self.limiter.check(ip, &caller.username) {
-            return Err(Error::RateLimited { retry_after });
+            return Err(Error::RateLimited {
+                retry_after,
+                limit: None,
+            });
         }
         let user = self
             .store

@@ -8,6 +8,7 @@ mod events;
 mod lifecycle;
 mod metrics;
 mod plugins;
+mod ratelimits;
 mod roles;
 mod users;
 mod webhooks;

@@ -243,7 +243,8 @@ async fn the_api_has_the_documented_shapes_and_never_returns_a_secret() {
 
 #[tokio::test]
 async fn bad_webhooks_are_refused_with_the_field_named_and_nothing_written() {
-    let hub = TestHub::start().await; // no SSRF exemptions
+    // No SSRF exemptions; room for more attempts than the per-user creation limit allows.
+    let hub = TestHub::start_with(|c| c.rate_limits.webhook_create_per_minute = 1000).await;
     let base = json!({ "name": "x", "url": "https://hooks.example.com/" });
     let with = |k: &str, v: Value| {
         let mut b = base.clone();
@@ -840,6 +841,7 @@ async fn every_pending_delivery_survives_a_kill_9() {
         ("SMON_WEBHOOKS_RETRY_BASE_SECS", "1"),
         ("SMON_WEBHOOKS_WORKERS", "2"),
         ("SMON_WEBHOOKS_PER_WEBHOOK_CONCURRENCY", "1"),
+        ("SMON_RATE_LIMITS_API_PER_MINUTE", "1000000"),
     ];
     let (mut child, base, _) = spawn_serve_with(dir.path(), &env);
     let (client, token) = admin_session(&base, ADMIN_PASSWORD).await;
