@@ -121,12 +121,16 @@ async fn an_exec_script_receives_every_event_as_json_with_its_type_and_id_in_the
         assert_eq!(event["event_type"], env_type);
         assert_eq!(event["event_id"], env_id);
     }
-    let exec = hub.plugin_status("exec").await;
+    // A run is counted once the program has exited, just after it wrote its line.
+    let exec = eventually(Duration::from_secs(5), "the runs counted", || async {
+        let exec = hub.plugin_status("exec").await;
+        (exec["handled"].as_u64() >= Some(5)).then_some(exec)
+    })
+    .await;
     assert_eq!(
         (exec["enabled"].as_bool(), exec["state"].as_str()),
         (Some(true), Some("running"))
     );
-    assert!(exec["handled"].as_u64().unwrap() >= 5, "{exec}");
     assert_eq!(exec["failed"], 0);
 }
 
@@ -520,8 +524,12 @@ async fn the_webhook_plugin_signs_retries_and_gives_up() {
             base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
         assert_eq!(h("webhook-signature"), format!("v1,{expected}"));
     }
-    let webhook = hub.plugin_status("webhook").await;
-    assert_eq!(webhook["handled"], 1, "{webhook}");
+    // The plugin counts the event once the receiver's answer is in: wait for it.
+    let webhook = eventually(Duration::from_secs(5), "the event counted", || async {
+        let webhook = hub.plugin_status("webhook").await;
+        (webhook["handled"] == 1).then_some(webhook)
+    })
+    .await;
     assert_eq!(webhook["event_types"], json!(["token.created"]));
 }
 

@@ -353,7 +353,11 @@ async fn deliveries_are_signed_verifiably_and_filtered_by_event_type() {
             "{verdict}"
         );
     }
-    let log = deliveries(&hub, &id).await;
+    let log = eventually(Duration::from_secs(5), "two logged deliveries", || async {
+        let log = deliveries(&hub, &id).await;
+        (log.len() == 2).then_some(log)
+    })
+    .await;
     assert_eq!(log.len(), 2);
     assert!(
         log.iter()
@@ -389,7 +393,12 @@ async fn a_500_is_retried_until_success_and_a_400_is_not() {
         got.iter()
             .all(|r| r.header("webhook-timestamp").parse::<i64>().is_ok())
     );
-    let log = deliveries(&hub, &flaky_id).await;
+    // The receiver answers before the hub records the attempt: wait for the third row.
+    let log = eventually(Duration::from_secs(5), "three logged attempts", || async {
+        let log = deliveries(&hub, &flaky_id).await;
+        (log.len() == 3).then_some(log)
+    })
+    .await;
     let summary: Vec<(String, u64, u64)> = log
         .iter()
         .map(|d| {
