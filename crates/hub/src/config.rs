@@ -342,7 +342,7 @@ impl Config {
         for cidr in &r.trusted_proxies {
             if cidr.parse::<ipnet::IpNet>().is_err() && cidr.parse::<std::net::IpAddr>().is_err() {
                 return invalid(format!(
-                    "rate_limits.trusted_proxies: {cidr:?} is not a CIDR"
+                    "rate_limits.trusted_proxies: {cidr:?} is not a CIDR or an address"
                 ));
             }
         }

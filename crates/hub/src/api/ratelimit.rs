@@ -162,26 +162,32 @@ impl RateLimits {
     }
 
     /// The client's address: the peer's, or, when the peer is a trusted proxy, the nearest
-    /// untrusted address in `X-Forwarded-For`.
+    /// untrusted address in `X-Forwarded-For`. An entry that is not an address ends the walk
+    /// (what lies left of it cannot be trusted), and IPv4-mapped IPv6 counts as IPv4.
     pub fn client_ip(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
         let trusted = |ip: &IpAddr| self.trusted_proxies.iter().any(|net| net.contains(ip));
-        if !trusted(&peer) {
-            return peer;
+        let mut client = peer.to_canonical();
+        if !trusted(&client) {
+            return client;
         }
-        let forwarded: Vec<IpAddr> = headers
+        let entries: Vec<&str> = headers
             .get_all("x-forwarded-for")
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
-            .filter_map(|s| s.trim().parse().ok())
+            .map(str::trim)
             .collect();
-        forwarded
-            .iter()
-            .rev()
-            .find(|ip| !trusted(ip))
-            .or(forwarded.first())
-            .copied()
-            .unwrap_or(peer)
+        for entry in entries.iter().rev() {
+            let parsed = entry
+                .parse::<IpAddr>()
+                .or_else(|_| entry.parse::<SocketAddr>().map(|s| s.ip()));
+            let Ok(ip) = parsed else { break };
+            client = ip.to_canonical();
+            if !trusted(&client) {
+                break;
+            }
+        }
+        client
     }
 }
 
@@ -211,5 +217,62 @@ pub async fn limit_api(State(state): State<AppState>, req: Request, next: Next) 
             response
         }
         Err(e) => e.into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(trusted: &[&str]) -> RateLimits {
+        RateLimits::new(&RateLimitsConfig {
+            trusted_proxies: trusted.iter().map(|s| s.to_string()).collect(),
+            ..RateLimitsConfig::default()
+        })
+    }
+
+    fn xff(value: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", value.parse().unwrap());
+        h
+    }
+
+    #[test]
+    fn the_client_address_comes_from_trusted_proxies_only() {
+        let proxy: IpAddr = "10.0.0.1".parse().unwrap();
+        let open = limits(&[]);
+        assert_eq!(
+            open.client_ip(proxy, &xff("203.0.113.7")),
+            proxy,
+            "untrusted peer: header ignored"
+        );
+        let lb = limits(&["10.0.0.0/8"]);
+        assert_eq!(
+            lb.client_ip(proxy, &xff("198.51.100.1, 203.0.113.7"))
+                .to_string(),
+            "203.0.113.7"
+        );
+        // Hops through several trusted proxies are skipped.
+        assert_eq!(
+            lb.client_ip(proxy, &xff("203.0.113.7, 10.0.0.9"))
+                .to_string(),
+            "203.0.113.7"
+        );
+        // ip:port entries are read; anything else ends the walk at the last trusted hop.
+        assert_eq!(
+            lb.client_ip(proxy, &xff("203.0.113.7:4711")).to_string(),
+            "203.0.113.7"
+        );
+        assert_eq!(
+            lb.client_ip(proxy, &xff("198.51.100.66, unknown"))
+                .to_string(),
+            "10.0.0.1"
+        );
+        // An IPv4 client seen on a dual-stack socket is matched as IPv4.
+        let mapped: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
+        assert_eq!(
+            lb.client_ip(mapped, &xff("203.0.113.7")).to_string(),
+            "203.0.113.7"
+        );
     }
 }

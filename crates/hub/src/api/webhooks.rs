@@ -64,7 +64,7 @@ pub async fn list_webhooks(
 /// Limited per user (`rate_limits.webhook_create_per_minute`).
 #[utoipa::path(post, path = "/api/webhooks", tag = "webhooks", request_body = NewWebhook,
     responses((status = 201, body = WebhookCreated), (status = 400, body = ErrorBody),
-        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 429, body = ErrorBody)))]
 pub async fn create_webhook(
     State(state): State<AppState>,
     caller: Authorized<need::ManageWebhooks>,
@@ -137,7 +137,7 @@ pub async fn delete_webhook(
 /// (`rate_limits.webhook_test_per_minute`).
 #[utoipa::path(post, path = "/api/webhooks/{id}/test", tag = "webhooks", params(("id" = String, Path)),
     responses((status = 200, body = TestOutcome), (status = 401, body = ErrorBody),
-        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 429, body = ErrorBody)))]
 pub async fn test_webhook(
     State(state): State<AppState>,
     caller: Authorized<need::ManageWebhooks>,
