@@ -20,21 +20,6 @@ use crate::common::process::*;
 use crate::common::receiver::Receiver;
 use crate::common::*;
 
-/// Create `n` personal tokens as admin: `n` events without password hashing.
-async fn make_events(hub: &TestHub, n: usize) {
-    for i in 0..n {
-        let (status, body) = hub
-            .send_json(
-                Method::POST,
-                "/api/users/me/tokens",
-                &hub.admin_token,
-                json!({ "name": format!("t{i}") }),
-            )
-            .await;
-        assert_eq!(status, StatusCode::CREATED, "{body}");
-    }
-}
-
 fn write_script(dir: &Path, name: &str, body: &str) -> String {
     let path = dir.join(name);
     std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
@@ -75,7 +60,7 @@ async fn an_exec_script_receives_every_event_as_json_with_its_type_and_id_in_the
         );
     })
     .await;
-    make_events(&hub, 3).await;
+    hub.make_token_events(3).await;
     hub.try_login("admin", "wrong-password").await;
 
     let logged: BTreeSet<String> = hub
@@ -326,7 +311,7 @@ async fn only_allowlisted_plugins_are_loaded() {
             .insert("jsonl".into(), json!({ "path": "events.jsonl" }));
     })
     .await;
-    make_events(&hub, 2).await;
+    hub.make_token_events(2).await;
     let jsonl = hub.data_dir().join("events.jsonl");
     eventually(
         Duration::from_secs(10),
@@ -425,7 +410,7 @@ async fn a_plugin_that_fails_to_start_stays_stopped_and_reports_it() {
     );
     let errors = hub.events("event_type=plugin.error").await;
     assert_eq!(errors.len(), 1);
-    make_events(&hub, 1).await;
+    hub.make_token_events(1).await;
 }
 
 #[tokio::test]
@@ -438,7 +423,7 @@ async fn the_jsonl_plugin_rotates_by_size_and_keeps_whole_lines() {
         );
     })
     .await;
-    make_events(&hub, 30).await;
+    hub.make_token_events(30).await;
     let base = hub.data_dir().join("log/events.jsonl");
     let rotated = |n: u32| hub.data_dir().join(format!("log/events.jsonl.{n}"));
     eventually(Duration::from_secs(10), "rotation", || async {
@@ -475,7 +460,7 @@ async fn the_webhook_plugin_signs_retries_and_gives_up() {
         );
     })
     .await;
-    make_events(&hub, 1).await;
+    hub.make_token_events(1).await;
     let got = eventually(Duration::from_secs(15), "three attempts", || async {
         let r = receiver.received();
         (r.len() >= 3).then_some(r)
@@ -626,7 +611,7 @@ async fn the_documented_python_exec_plugin_works_as_described() {
     })
     .await;
     hub.try_login("ghost", "wrong-password").await;
-    make_events(&hub, 2).await;
+    hub.make_token_events(2).await;
     let events = hub.events("limit=1000").await;
     let written = eventually(
         Duration::from_secs(15),
@@ -678,7 +663,7 @@ async fn an_exec_timeout_kills_everything_the_program_started() {
         );
     })
     .await;
-    make_events(&hub, 1).await;
+    hub.make_token_events(1).await;
     let failed = eventually(Duration::from_secs(10), "the exec timeout", || async {
         let exec = hub.plugin_status("exec").await;
         (exec["failed"] == 1).then_some(exec)

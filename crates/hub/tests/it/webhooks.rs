@@ -32,21 +32,6 @@ async fn create(hub: &TestHub, body: Value) -> (String, Value) {
     (answer["webhook_id"].as_str().unwrap().to_string(), answer)
 }
 
-/// `n` token.created events.
-async fn make_events(hub: &TestHub, n: usize) {
-    for i in 0..n {
-        let (status, _) = hub
-            .send_json(
-                Method::POST,
-                "/api/users/me/tokens",
-                &hub.admin_token,
-                json!({ "name": format!("t{i}") }),
-            )
-            .await;
-        assert_eq!(status, StatusCode::CREATED);
-    }
-}
-
 async fn wait_for(receiver: &Receiver, n: usize, within: Duration) -> Vec<Received> {
     eventually(within, &format!("{n} requests at the receiver"), || async {
         let got = receiver.received();
@@ -325,7 +310,7 @@ async fn deliveries_are_signed_verifiably_and_filtered_by_event_type() {
     .await;
     let secret = created["secret"].as_str().unwrap().to_string();
     hub.create_user("not-delivered", "viewer").await; // user.created: filtered out
-    make_events(&hub, 2).await;
+    hub.make_token_events(2).await;
     let got = wait_for(&receiver, 2, Duration::from_secs(10)).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
@@ -384,7 +369,7 @@ async fn a_500_is_retried_until_success_and_a_400_is_not() {
         json!({ "name": "strict", "url": strict.url(), "event_types": ["token.created"] }),
     )
     .await;
-    make_events(&hub, 1).await;
+    hub.make_token_events(1).await;
     let got = wait_for(&flaky, 3, Duration::from_secs(15)).await;
     let ids: BTreeSet<String> = got.iter().map(|r| r.header("webhook-id")).collect();
     assert_eq!(ids.len(), 1, "every attempt carries the same webhook-id");
@@ -454,7 +439,7 @@ async fn retry_after_is_honoured_on_429() {
         json!({ "name": "busy", "url": receiver.url(), "event_types": ["token.created"] }),
     )
     .await;
-    make_events(&hub, 1).await;
+    hub.make_token_events(1).await;
     let got = wait_for(&receiver, 2, Duration::from_secs(15)).await;
     let gap = got[1].at - got[0].at;
     // Without Retry-After the configured backoff would retry within about a second.
@@ -470,7 +455,7 @@ async fn a_410_disables_the_webhook_and_says_so() {
         json!({ "name": "gone", "url": receiver.url(), "event_types": ["token.created"] }),
     )
     .await;
-    make_events(&hub, 1).await;
+    hub.make_token_events(1).await;
     let event = eventually(Duration::from_secs(10), "webhook.disabled", || async {
         hub.events("event_type=webhook.disabled")
             .await
@@ -485,7 +470,7 @@ async fn a_410_disables_the_webhook_and_says_so() {
         .await;
     assert_eq!(w["enabled"], false);
     assert!(w["disabled_reason"].as_str().unwrap().contains("410"));
-    make_events(&hub, 1).await;
+    hub.make_token_events(1).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
         receiver.received().len(),
@@ -521,7 +506,7 @@ async fn a_webhook_failing_for_the_configured_period_is_disabled() {
     })
     .await;
     let (id, _) = create(&hub, json!({ "name": "down", "url": receiver.url(), "retry_max": 10, "event_types": ["token.created"] })).await;
-    make_events(&hub, 1).await;
+    hub.make_token_events(1).await;
     eventually(Duration::from_secs(15), "the webhook disabled", || async {
         let (_, w) = hub
             .get(&format!("/api/webhooks/{id}"), &hub.admin_token)
@@ -554,7 +539,7 @@ async fn a_timeout_and_a_redirect_are_failures() {
         json!({ "name": "moved", "url": moved.url(), "event_types": ["token.created"] }),
     )
     .await;
-    make_events(&hub, 1).await;
+    hub.make_token_events(1).await;
     let log = eventually(Duration::from_secs(10), "the timeout logged", || async {
         let log = deliveries(&hub, &slow_id).await;
         (!log.is_empty()).then_some(log)
@@ -595,7 +580,7 @@ async fn a_receiver_down_for_a_while_gets_everything_when_it_comes_back() {
         json!({ "name": "later", "url": format!("http://{addr}/hook"), "retry_max": 10, "event_types": ["token.created"] }),
     )
     .await;
-    make_events(&hub, 5).await;
+    hub.make_token_events(5).await;
     eventually(
         Duration::from_secs(10),
         "failed attempts while down",
@@ -630,7 +615,7 @@ async fn a_slow_receiver_does_not_delay_a_fast_one() {
     )
     .await;
     let started = Instant::now();
-    make_events(&hub, 6).await;
+    hub.make_token_events(6).await;
     wait_for(&fast, 6, Duration::from_secs(10)).await;
     // The slow receiver needs 3 s per delivery (at most 2 at once): 9 s for six.
     assert!(
@@ -722,7 +707,7 @@ async fn a_delivery_can_be_redelivered_with_the_same_event_id() {
         json!({ "name": "r", "url": receiver.url(), "event_types": ["token.created"] }),
     )
     .await;
-    make_events(&hub, 1).await;
+    hub.make_token_events(1).await;
     let first = wait_for(&receiver, 1, Duration::from_secs(10)).await[0].clone();
     let delivery_id = eventually(Duration::from_secs(5), "the delivery logged", || async {
         deliveries(&hub, &id)
@@ -782,7 +767,7 @@ async fn a_rotated_secret_signs_alongside_the_old_one_during_the_grace_period() 
     let new = rotated["secret"].as_str().unwrap().to_string();
     assert_ne!(new, old);
     assert!(rotated["previous_secret_expires_at"].is_string());
-    make_events(&hub, 1).await;
+    hub.make_token_events(1).await;
     let r = wait_for(&receiver, 1, Duration::from_secs(10))
         .await
         .remove(0);
@@ -801,7 +786,7 @@ async fn a_rotated_secret_signs_alongside_the_old_one_during_the_grace_period() 
     .await;
     assert_eq!(status, StatusCode::OK, "{again}");
     let newest = again["secret"].as_str().unwrap().to_string();
-    make_events(&hub, 1).await;
+    hub.make_token_events(1).await;
     let r = wait_for(&receiver, 2, Duration::from_secs(10))
         .await
         .remove(1);
@@ -828,7 +813,7 @@ async fn a_rotated_secret_signs_alongside_the_old_one_during_the_grace_period() 
         Value::Null
     );
     let fresh = replaced["secret"].as_str().unwrap().to_string();
-    make_events(&hub, 1).await;
+    hub.make_token_events(1).await;
     let r = wait_for(&receiver, 3, Duration::from_secs(10))
         .await
         .remove(2);
@@ -928,7 +913,7 @@ async fn delivery_logs_older_than_the_retention_are_pruned() {
         json!({ "name": "r", "url": receiver.url(), "event_types": ["token.created"] }),
     )
     .await;
-    make_events(&hub, 2).await;
+    hub.make_token_events(2).await;
     eventually(Duration::from_secs(10), "two deliveries logged", || async {
         (deliveries(&hub, &id).await.len() == 2).then_some(())
     })

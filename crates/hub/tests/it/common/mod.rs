@@ -183,6 +183,22 @@ impl TestHub {
         self.login(&username, USER_PASSWORD).await
     }
 
+    /// `n` `token.created` events (personal tokens made by admin): events without hashing.
+    pub async fn make_token_events(&self, n: usize) {
+        for i in 0..n {
+            let body = json!({ "name": format!("t{i}") });
+            let (status, answer) = self
+                .send_json(
+                    Method::POST,
+                    "/api/users/me/tokens",
+                    &self.admin_token,
+                    body,
+                )
+                .await;
+            assert_eq!(status, StatusCode::CREATED, "{answer}");
+        }
+    }
+
     /// One plugin's entry in `GET /api/plugins` (as admin).
     pub async fn plugin_status(&self, name: &str) -> Value {
         let (status, body) = self.get("/api/plugins", &self.admin_token).await;
