@@ -114,6 +114,9 @@ impl WebhookClient {
         let mut response = match sent {
             Ok(r) => r,
             Err(e) => {
+                // A webhook URL may carry a token in its path (Slack, ntfy): errors that reach
+                // the delivery log, plugin counters and logs must not repeat it.
+                let e = e.without_url();
                 let what = if e.is_timeout() {
                     format!("timed out after {} s", d.timeout.as_secs())
                 } else if e.is_connect() {

@@ -447,7 +447,7 @@ async fn the_jsonl_plugin_rotates_by_size_and_keeps_whole_lines() {
 }
 
 #[tokio::test]
-async fn the_webhook_plugin_signs_retries_and_gives_up() {
+async fn the_webhook_plugin_signs_and_retries_until_the_receiver_accepts() {
     let receiver = Receiver::start(&[503, 500]).await;
     let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
     let url = receiver.url();

@@ -597,6 +597,11 @@ async fn a_receiver_down_for_a_while_gets_everything_when_it_comes_back() {
             .any(|d| d["status"] == "retrying"
                 && d["error"].as_str().unwrap().contains("connection"))
     );
+    assert!(
+        log.iter()
+            .all(|d| !d["error"].as_str().unwrap_or_default().contains("/hook")),
+        "the URL (which may hold a token) stays out of the delivery log: {log:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
