@@ -13,6 +13,7 @@ use crate::auth::AuthService;
 use crate::config::Config;
 use crate::events::EventService;
 use crate::events::dispatcher::InFlight;
+use crate::fleet::FleetService;
 use crate::metrics::HttpMetrics;
 use crate::plugins::{PluginContext, PluginDeps, PluginManager, PluginRegistry};
 use crate::secrets::SecretBox;
@@ -35,6 +36,7 @@ pub struct AppState {
     pub system: SystemService,
     pub plugins: Arc<PluginManager>,
     pub webhooks: WebhookService,
+    pub fleet: FleetService,
     pub http_metrics: Arc<HttpMetrics>,
     pub limits: Arc<RateLimits>,
 }
@@ -62,6 +64,8 @@ pub struct Hub {
     server: JoinHandle<std::io::Result<()>>,
     workers: Vec<(&'static str, JoinHandle<()>)>,
     dispatcher: JoinHandle<InFlight>,
+    fleet_writer: JoinHandle<()>,
+    stop_writer: CancellationToken,
     plugins: Arc<PluginManager>,
     store: Arc<dyn Store>,
 }
@@ -112,6 +116,20 @@ impl Hub {
             );
         }
 
+        let (fleet, fleet_queue) = FleetService::load(
+            store.clone(),
+            config.fleet.clone(),
+            config.enrollment_token.expose(),
+        )
+        .await
+        .map_err(with_cause)?;
+        let local_server = if config.local_agent {
+            let hostname = sysinfo::System::host_name().unwrap_or_else(|_| "hub".into());
+            Some(fleet.ensure_local(&hostname).await.map_err(with_cause)?)
+        } else {
+            None
+        };
+
         // Last of the start-up steps that can fail: a generated password is printed only once,
         // so it must not be created by a start that then fails (port taken, bad plugin).
         let first_admin = users
@@ -126,6 +144,7 @@ impl Hub {
             system: SystemService::new(store.clone()),
             plugins: plugins.clone(),
             webhooks: webhooks.clone(),
+            fleet: fleet.clone(),
             http_metrics: Arc::default(),
             limits: Arc::new(RateLimits::new(&config.rate_limits)),
             config: Arc::new(config),
@@ -141,6 +160,39 @@ impl Hub {
                 tokio::spawn(delivery::run_pruner(webhooks.clone(), shutdown.clone())),
             ),
         ];
+        workers.push((
+            "fleet-offline-detector",
+            tokio::spawn(crate::fleet::workers::run_offline_detector(
+                fleet.clone(),
+                shutdown.clone(),
+            )),
+        ));
+        workers.push((
+            "fleet-retention",
+            tokio::spawn(crate::fleet::workers::run_retention(
+                fleet.clone(),
+                shutdown.clone(),
+            )),
+        ));
+        if let Some(id) = local_server {
+            workers.push((
+                "local-agent",
+                tokio::spawn(crate::fleet::local::run(
+                    fleet.clone(),
+                    id,
+                    shutdown.clone(),
+                )),
+            ));
+        }
+        // The writer outlives the HTTP server: requests still running wait for its commits.
+        let stop_writer = CancellationToken::new();
+        let fleet_writer = tokio::spawn(crate::fleet::ingest::run_writer(
+            fleet_queue,
+            store.clone(),
+            fleet.metrics(),
+            state.config.fleet.ingest_batch,
+            stop_writer.clone(),
+        ));
         for _ in 0..state.config.webhooks.workers {
             workers.push((
                 "webhook-delivery",
@@ -171,6 +223,8 @@ impl Hub {
             server,
             workers,
             dispatcher,
+            fleet_writer,
+            stop_writer,
             plugins,
             store,
         })
@@ -205,6 +259,10 @@ impl Hub {
             if let Err(e) = worker.await {
                 tracing::error!(worker = name, error = %e, "worker ended abnormally");
             }
+        }
+        self.stop_writer.cancel();
+        if let Err(e) = self.fleet_writer.await {
+            tracing::error!(worker = "fleet-writer", error = %e, "worker ended abnormally");
         }
         // The dispatcher stops first, so nothing new reaches the plugins while they drain; what
         // they finish meanwhile is then marked, so a clean restart repeats nothing.

@@ -34,6 +34,18 @@ pub struct Config {
     pub log_format: String,
     /// Largest accepted request body, in bytes.
     pub max_body_bytes: usize,
+    /// The URL agents and people reach the hub at (used in agent commands); empty means
+    /// `http://` plus the Host the request came to.
+    pub public_url: String,
+    /// Run an agent inside the hub for its own machine (`smon serve --no-local-agent` turns it
+    /// off).
+    pub local_agent: bool,
+    /// Token with which agents may register themselves (`smon-agent --enroll`); empty turns
+    /// enrollment off.
+    #[serde(skip_serializing)]
+    pub enrollment_token: Secret,
+    /// Servers, agent reports, metrics history.
+    pub fleet: FleetConfig,
     /// Sessions, tokens and login protection.
     pub auth: AuthConfig,
     /// Plugins: which run, their queues and their settings.
@@ -42,6 +54,40 @@ pub struct Config {
     pub webhooks: WebhooksConfig,
     /// API rate limits (the login limits are under `auth`).
     pub rate_limits: RateLimitsConfig,
+}
+
+/// Servers, agent reports and metrics history.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FleetConfig {
+    /// A server is offline after this many of its intervals without a report.
+    pub offline_after_intervals: u32,
+    /// Reports waiting for the database writer; past it agents get 503 and retry.
+    pub ingest_queue: usize,
+    /// Most reports the writer commits in one transaction.
+    pub ingest_batch: usize,
+    /// How long raw samples are kept.
+    pub raw_retention_hours: u64,
+    /// How long 1-minute rollups are kept.
+    pub minute_retention_days: u64,
+    /// How long 1-hour rollups are kept.
+    pub hour_retention_days: u64,
+    /// Sampling interval of the hub's own agent.
+    pub local_agent_interval_secs: u32,
+}
+
+impl Default for FleetConfig {
+    fn default() -> Self {
+        Self {
+            offline_after_intervals: 3,
+            ingest_queue: 4096,
+            ingest_batch: 512,
+            raw_retention_hours: 48,
+            minute_retention_days: 30,
+            hour_retention_days: 730,
+            local_agent_interval_secs: 10,
+        }
+    }
 }
 
 /// API rate limits, each per minute.
@@ -55,6 +101,8 @@ pub struct RateLimitsConfig {
     pub webhook_create_per_minute: u32,
     /// Test deliveries one user may send.
     pub webhook_test_per_minute: u32,
+    /// Inventory refresh requests per server.
+    pub inventory_refresh_per_minute: u32,
     /// Proxies (CIDRs) whose `X-Forwarded-For` names the client; others' is ignored.
     pub trusted_proxies: Vec<String>,
 }
@@ -65,6 +113,7 @@ impl Default for RateLimitsConfig {
             api_per_minute: 1200,
             webhook_create_per_minute: 20,
             webhook_test_per_minute: 10,
+            inventory_refresh_per_minute: 10,
             trusted_proxies: Vec::new(),
         }
     }
@@ -207,6 +256,10 @@ impl Default for Config {
             metrics_token: Secret::default(),
             log_format: "text".into(),
             max_body_bytes: 1024 * 1024,
+            public_url: String::new(),
+            local_agent: true,
+            enrollment_token: Secret::default(),
+            fleet: FleetConfig::default(),
             auth: AuthConfig::default(),
             plugins: PluginsConfig::default(),
             webhooks: WebhooksConfig::default(),
@@ -278,6 +331,9 @@ impl Config {
         if let Some(token) = env.get("SMON_METRICS_TOKEN") {
             config.metrics_token = Secret(token.clone());
         }
+        if let Some(token) = env.get("SMON_ENROLLMENT_TOKEN") {
+            config.enrollment_token = Secret(token.clone());
+        }
         config.validate()?;
         Ok(config)
     }
@@ -336,6 +392,7 @@ impl Config {
         if r.api_per_minute == 0
             || r.webhook_create_per_minute == 0
             || r.webhook_test_per_minute == 0
+            || r.inventory_refresh_per_minute == 0
         {
             return invalid("rate_limits: every limit must be at least 1 per minute".into());
         }
@@ -345,6 +402,35 @@ impl Config {
                     "rate_limits.trusted_proxies: {cidr:?} is not a CIDR or an address"
                 ));
             }
+        }
+        let f = &self.fleet;
+        if f.offline_after_intervals == 0 || f.ingest_queue == 0 || f.ingest_batch == 0 {
+            return invalid(
+                "fleet: offline_after_intervals, ingest_queue and ingest_batch must be at least 1"
+                    .into(),
+            );
+        }
+        if f.raw_retention_hours == 0 || f.minute_retention_days == 0 || f.hour_retention_days == 0
+        {
+            return invalid("fleet: retention periods must be at least 1".into());
+        }
+        if !(1..=3600).contains(&f.local_agent_interval_secs) {
+            return invalid("fleet.local_agent_interval_secs: must be between 1 and 3600".into());
+        }
+        if !self.public_url.is_empty() {
+            match url::Url::parse(&self.public_url) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") => {}
+                _ => {
+                    return invalid(format!(
+                        "public_url: {:?} is not an http(s) URL",
+                        self.public_url
+                    ));
+                }
+            }
+        }
+        let token = self.enrollment_token.expose();
+        if !token.is_empty() && token.len() < 16 {
+            return invalid("enrollment_token: must be at least 16 characters".into());
         }
         if self.max_body_bytes < 1024 {
             return invalid("max_body_bytes: must be at least 1024".into());
@@ -380,6 +466,11 @@ impl Config {
             "metrics_token".into(),
             "SMON_METRICS_TOKEN".into(),
             "\"\"".into(),
+        ));
+        out.push((
+            "enrollment_token".into(),
+            "SMON_ENROLLMENT_TOKEN".into(),
+            "\"\" (enrollment off)".into(),
         ));
         out.push((
             "plugins.config.<name>".into(),

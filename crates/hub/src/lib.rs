@@ -6,6 +6,7 @@ pub mod auth;
 pub mod config;
 pub mod error;
 pub mod events;
+pub mod fleet;
 pub mod metrics;
 pub mod plugins;
 pub mod secrets;

@@ -29,8 +29,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the hub (API, event log, background workers).
-    Serve,
+    /// Run the hub (API, event log, background workers) and an agent for this machine.
+    Serve {
+        /// Do not monitor this machine (sets local_agent = false).
+        #[arg(long)]
+        no_local_agent: bool,
+    },
     /// Manage users directly in the database (works while the hub runs).
     User {
         #[command(subcommand)]
@@ -108,8 +112,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Serve => {
-            let config = Config::load(cli.config.as_deref())?;
+        Command::Serve { no_local_agent } => {
+            let mut config = Config::load(cli.config.as_deref())?;
+            if no_local_agent {
+                config.local_agent = false;
+            }
             init_logging(&config);
             serve(config).await
         }

@@ -218,7 +218,9 @@ pub mod need {
         ReadAuditLog,
         ManageUsers,
         ManagePlugins,
-        ManageWebhooks
+        ManageWebhooks,
+        ReadFleet,
+        ManageServers
     );
 }
 

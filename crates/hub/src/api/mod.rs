@@ -1,5 +1,6 @@
 //! The HTTP API: one router module per area, assembled here with the OpenAPI document.
 
+pub mod agent;
 pub mod auth;
 pub mod events;
 pub mod extract;
@@ -7,6 +8,7 @@ pub mod health;
 pub mod metrics;
 pub mod plugins;
 pub mod ratelimit;
+pub mod servers;
 pub mod users;
 pub mod webhooks;
 
@@ -61,6 +63,8 @@ impl Success {
         (name = "auth", description = "Login, logout, token checks"),
         (name = "users", description = "User accounts and personal API tokens"),
         (name = "events", description = "The event log: audit trail, recent activity, catalog"),
+        (name = "servers", description = "The fleet: servers, their latest metrics, history and inventory"),
+        (name = "agent", description = "The agent protocol (docs/AGENT_PROTOCOL.md), authenticated by agent tokens"),
         (name = "plugins", description = "Plugins and their counters"),
         (name = "webhooks", description = "Managed webhooks: signed, retried, SSRF-safe, with delivery logs"),
     )
@@ -104,6 +108,19 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(events::audit_logs))
         .routes(routes!(events::recent_activity))
         .routes(routes!(events::event_types))
+        .routes(routes!(servers::list_servers, servers::create_server))
+        .routes(routes!(
+            servers::get_server,
+            servers::update_server,
+            servers::delete_server
+        ))
+        .routes(routes!(servers::rotate_token))
+        .routes(routes!(servers::server_metrics))
+        .routes(routes!(servers::latest_inventory))
+        .routes(routes!(servers::refresh_inventory))
+        .routes(routes!(servers::overview))
+        .routes(routes!(agent::report))
+        .routes(routes!(agent::enroll))
         .routes(routes!(plugins::list_plugins))
         .routes(routes!(webhooks::list_webhooks, webhooks::create_webhook))
         .routes(routes!(

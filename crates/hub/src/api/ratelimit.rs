@@ -127,6 +127,8 @@ pub struct RateLimits {
     pub webhook_create: Limiter,
     /// Per user: test deliveries.
     pub webhook_test: Limiter,
+    /// Per server: inventory refresh requests.
+    pub inventory_refresh: Limiter,
     trusted_proxies: Vec<IpNet>,
 }
 
@@ -137,6 +139,7 @@ impl RateLimits {
             api: Limiter::new("api", cfg.api_per_minute),
             webhook_create: Limiter::new("webhook_create", cfg.webhook_create_per_minute),
             webhook_test: Limiter::new("webhook_test", cfg.webhook_test_per_minute),
+            inventory_refresh: Limiter::new("inventory_refresh", cfg.inventory_refresh_per_minute),
             trusted_proxies: cfg
                 .trusted_proxies
                 .iter()
@@ -150,8 +153,13 @@ impl RateLimits {
     }
 
     /// Every limiter, for metrics.
-    pub fn all(&self) -> [&Limiter; 3] {
-        [&self.api, &self.webhook_create, &self.webhook_test]
+    pub fn all(&self) -> [&Limiter; 4] {
+        [
+            &self.api,
+            &self.webhook_create,
+            &self.webhook_test,
+            &self.inventory_refresh,
+        ]
     }
 
     /// Forget full buckets so that the key maps stay small.
@@ -191,12 +199,13 @@ impl RateLimits {
     }
 }
 
-/// Routes outside the per-client limit: probes and scrapers must always get through, and
-/// logins have their own, stricter limits.
+/// Routes outside the per-client limit: probes and scrapers must always get through, logins
+/// have their own, stricter limits, and agent reports (many agents may share one address
+/// behind NAT) are authenticated per server and shed by the ingest queue instead.
 fn exempt(path: &str) -> bool {
     matches!(
         path,
-        "/api/health" | "/api/ready" | "/api/metrics" | "/api/auth/login"
+        "/api/health" | "/api/ready" | "/api/metrics" | "/api/auth/login" | smon_proto::REPORT_PATH
     ) || !path.starts_with("/api/")
 }
 

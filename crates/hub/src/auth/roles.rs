@@ -59,6 +59,10 @@ pub enum Permission {
     ManageWebhooks,
     /// Read `GET /api/metrics` (also open to the configured metrics token).
     ReadMetrics,
+    /// Read servers, their metrics history, inventory and the fleet overview.
+    ReadFleet,
+    /// Create, change and delete servers, rotate agent tokens, ask for inventory.
+    ManageServers,
 }
 
 impl Permission {
@@ -66,10 +70,11 @@ impl Permission {
     pub fn roles(self) -> &'static [Role] {
         use Role::*;
         match self {
-            Permission::ReadDashboard | Permission::ManageOwnAccount => {
+            Permission::ReadDashboard | Permission::ManageOwnAccount | Permission::ReadFleet => {
                 &[Admin, Operator, Viewer, Auditor]
             }
             Permission::ReadAuditLog => &[Admin, Auditor],
+            Permission::ManageServers => &[Admin, Operator],
             Permission::ManageUsers
             | Permission::ManagePlugins
             | Permission::ManageWebhooks
@@ -87,6 +92,8 @@ impl Permission {
             Permission::ManagePlugins => "manage plugins",
             Permission::ManageWebhooks => "manage webhooks",
             Permission::ReadMetrics => "read metrics",
+            Permission::ReadFleet => "read servers",
+            Permission::ManageServers => "manage servers",
         }
     }
 }

@@ -9,6 +9,8 @@ use sha2::{Digest, Sha256};
 pub const SESSION_PREFIX: &str = "smon_s_";
 /// Prefix of personal API tokens (recognisable by secret scanners).
 pub const PERSONAL_PREFIX: &str = "smon_pat_";
+/// Prefix of agent tokens.
+pub const AGENT_PREFIX: &str = "smon_a_";
 
 /// A new token: `prefix` followed by 32 random bytes, base64url.
 pub fn generate(prefix: &str) -> String {

@@ -45,6 +45,12 @@ catalog! {
     UserDeleted = "user.deleted", Warning, "A user account was deleted.";
     TokenCreated = "token.created", Info, "A personal API token was created.";
     TokenRevoked = "token.revoked", Info, "A personal API token was revoked.";
+    ServerCreated = "server.created", Info, "A server was created: by a user, by an agent enrolling, or for the hub's own machine (meta.local).";
+    ServerUpdated = "server.updated", Info, "A server's name, description, tags or interval changed, or its agent token was rotated (meta.changes lists what).";
+    ServerDeleted = "server.deleted", Warning, "A server was deleted with its metrics history and inventory.";
+    ServerOnline = "server.online", Info, "A server's agent reported after the server was offline or had never reported (meta.previous_status).";
+    ServerOffline = "server.offline", Warning, "A server missed fleet.offline_after_intervals reports in a row.";
+    InventoryRefresh = "inventory.refresh", Info, "A user asked a server's agent for its inventory; the agent sends it with its next report.";
     WebhookCreated = "webhook.created", Info, "A managed webhook was created.";
     WebhookUpdated = "webhook.updated", Info, "A managed webhook was changed (meta.changes lists what), including secret rotation and enabling.";
     WebhookDeleted = "webhook.deleted", Warning, "A managed webhook was deleted with its queue and delivery log.";

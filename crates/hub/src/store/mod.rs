@@ -269,6 +269,141 @@ pub trait WebhookStore: Send + Sync {
     fn job_signal(&self) -> Arc<Notify>;
 }
 
+/// Whether a server reports.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum ServerStatus {
+    /// Never reported.
+    Unknown,
+    Online,
+    /// Missed its reports (`fleet.offline_after_intervals`).
+    Offline,
+}
+
+impl ServerStatus {
+    /// The wire and database name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServerStatus::Unknown => "unknown",
+            ServerStatus::Online => "online",
+            ServerStatus::Offline => "offline",
+        }
+    }
+
+    /// Parse a wire or database name.
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Unknown, Self::Online, Self::Offline]
+            .into_iter()
+            .find(|v| v.as_str() == s)
+    }
+}
+
+/// A server row. `seq` keys its metrics; `id` is what the API shows.
+#[derive(Clone)]
+pub struct ServerRecord {
+    pub seq: i64,
+    pub id: String,
+    pub name: String,
+    pub description: Option<String>,
+    pub tags: Vec<String>,
+    pub token_hash: String,
+    /// The hub's own machine, reported by its embedded agent.
+    pub is_local: bool,
+    /// Interval the hub asks the agent to use; `None` leaves it to the agent.
+    pub interval_secs: Option<u32>,
+    pub status: ServerStatus,
+    pub last_seen_at: Option<DateTime<Utc>>,
+    pub agent_version: Option<String>,
+    pub agent_interval_secs: Option<u32>,
+    /// The last sample as JSON.
+    pub latest_sample: Option<String>,
+    pub created_by: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A metric's values in one sample, in [`crate::fleet::metric::Metric::ALL`] order.
+pub type MetricValues = [Option<f64>; crate::fleet::metric::Metric::COUNT];
+
+/// What one accepted report writes.
+#[derive(Debug, Clone)]
+pub struct ReportWrite {
+    pub seq: i64,
+    /// Each sample's time and values.
+    pub samples: Vec<(DateTime<Utc>, MetricValues)>,
+    /// The newest sample as JSON, with its time: becomes the server's latest state.
+    pub latest: Option<(DateTime<Utc>, String)>,
+    pub seen_at: DateTime<Utc>,
+    pub agent_version: String,
+    pub agent_interval_secs: u32,
+    /// The inventory as JSON, when the report carried one.
+    pub inventory: Option<String>,
+}
+
+/// One item for the fleet writer; applied in order, many per transaction.
+#[derive(Debug, Clone)]
+pub enum FleetWrite {
+    Report(ReportWrite),
+    /// A server went online or offline, with its event.
+    Status {
+        seq: i64,
+        status: ServerStatus,
+        event: Box<Event>,
+    },
+}
+
+/// A history tier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub enum Tier {
+    #[serde(rename = "raw")]
+    Raw,
+    #[serde(rename = "1m")]
+    Minute,
+    #[serde(rename = "1h")]
+    Hour,
+}
+
+/// One point of history. A raw point has min = max = avg = last.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct HistoryPoint {
+    pub ts: DateTime<Utc>,
+    pub min: f64,
+    pub max: f64,
+    pub avg: f64,
+    pub last: f64,
+}
+
+/// Servers, their reports, inventory and metrics history.
+#[async_trait]
+pub trait FleetStore: Send + Sync {
+    /// Insert a server and return its `seq`; `Conflict` when the name is taken.
+    async fn insert_server(&self, server: &ServerRecord, event: &Event) -> Result<i64>;
+    /// Every server (loaded once at start; the fleet service keeps them in memory).
+    async fn list_servers(&self) -> Result<Vec<ServerRecord>>;
+    /// Replace a server's settings (name, description, tags, interval, token hash);
+    /// `NotFound`, or `Conflict` when the new name is taken.
+    async fn update_server(&self, server: &ServerRecord, event: &Event) -> Result<()>;
+    /// Delete a server with its inventory and history; `NotFound` when it is gone.
+    async fn delete_server(&self, seq: i64, event: &Event) -> Result<()>;
+    /// Apply writes in order in one transaction. Reports of a deleted server are skipped.
+    async fn write_fleet(&self, writes: &[FleetWrite]) -> Result<()>;
+    /// A server's inventory: when last received, when it last changed, and the JSON.
+    async fn inventory(&self, seq: i64) -> Result<Option<(DateTime<Utc>, DateTime<Utc>, String)>>;
+    /// A metric's history of one server within `[from, to]`, oldest first.
+    async fn history(
+        &self,
+        seq: i64,
+        tier: Tier,
+        metric: crate::fleet::metric::Metric,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Vec<HistoryPoint>>;
+    /// Delete a tier's points older than `before` for these servers.
+    async fn prune_history(&self, seqs: &[i64], tier: Tier, before: DateTime<Utc>) -> Result<u64>;
+}
+
 /// How much work is waiting.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct QueueDepths {
@@ -278,7 +413,7 @@ pub struct QueueDepths {
 
 /// A whole backend.
 #[async_trait]
-pub trait Store: UserStore + TokenStore + EventStore + WebhookStore {
+pub trait Store: UserStore + TokenStore + EventStore + WebhookStore + FleetStore {
     /// Prove the database answers a read and accepts a write.
     async fn check_ready(&self) -> Result<()>;
     /// The outbox and delivery queue sizes.

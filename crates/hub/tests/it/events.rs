@@ -6,6 +6,7 @@ use std::time::Duration;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
+use crate::common::agent;
 use crate::common::receiver::Receiver;
 use crate::common::*;
 
@@ -41,6 +42,35 @@ async fn exercise_everything(hub: &TestHub) {
     send(hub.request(Method::DELETE, &format!("/api/users/{id}"), Some(t))).await;
 }
 
+/// Create a server, change it, have it report, ask for its inventory, let it go silent until
+/// it is offline, then delete it.
+async fn exercise_the_fleet(hub: &TestHub) {
+    let t = &hub.admin_token;
+    let (id, token) = hub.create_server("web-1", &["prod"]).await;
+    let path = format!("/api/servers/{id}");
+    let (status, _) = hub
+        .send_json(Method::PUT, &path, t, json!({ "description": "front" }))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) = hub
+        .post_report(
+            &token,
+            &agent::report(vec![agent::sample(chrono::Utc::now(), 5.0)], None),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, _) =
+        send(hub.request(Method::POST, &format!("{path}/inventory/refresh"), Some(t))).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    // Reported with a 1 s interval: offline after 3 missed reports.
+    eventually(Duration::from_secs(10), "server.offline", || async {
+        (!hub.events("event_type=server.offline").await.is_empty()).then_some(())
+    })
+    .await;
+    let (status, _) = send(hub.request(Method::DELETE, &path, Some(t))).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
 #[tokio::test]
 async fn every_catalog_type_is_really_emitted_with_all_event_keys() {
     // A plugin that always fails, so that plugin.error is emitted too; a receiver that
@@ -68,6 +98,7 @@ async fn every_catalog_type_is_really_emitted_with_all_event_keys() {
     hub.send_json(Method::PUT, &webhook, t, json!({ "retry_max": 2 }))
         .await;
     exercise_everything(&hub).await;
+    exercise_the_fleet(&hub).await;
     eventually(Duration::from_secs(10), "webhook.disabled", || async {
         (!hub.events("event_type=webhook.disabled").await.is_empty()).then_some(())
     })

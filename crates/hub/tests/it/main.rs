@@ -5,6 +5,7 @@ mod common;
 mod auth;
 mod errors;
 mod events;
+mod fleet;
 mod lifecycle;
 mod metrics;
 mod plugins;

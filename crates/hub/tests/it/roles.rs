@@ -19,12 +19,15 @@ enum Access {
     Authenticated,
     /// Only these roles.
     Roles(&'static [&'static str]),
+    /// An agent or enrollment token, never a user's: everyone here is refused.
+    Agent,
 }
 
 use Access::*;
 
 const ADMIN: &[&str] = &["admin"];
 const AUDIT: &[&str] = &["admin", "auditor"];
+const OPS: &[&str] = &["admin", "operator"];
 
 /// Every route, who may call it, and a body that does no lasting harm when allowed.
 fn routes() -> Vec<(Method, &'static str, Access, Option<Value>)> {
@@ -73,6 +76,43 @@ fn routes() -> Vec<(Method, &'static str, Access, Option<Value>)> {
         (Method::GET, "/api/audit-logs", Roles(AUDIT), None),
         (Method::GET, "/api/activity/recent", Authenticated, None),
         (Method::GET, "/api/events/types", Authenticated, None),
+        (Method::GET, "/api/servers", Authenticated, None),
+        (Method::POST, "/api/servers", Roles(OPS), Some(json!({}))),
+        (Method::GET, "/api/servers/{id}", Authenticated, None),
+        (
+            Method::PUT,
+            "/api/servers/{id}",
+            Roles(OPS),
+            Some(json!({ "name": "x" })),
+        ),
+        (Method::DELETE, "/api/servers/{id}", Roles(OPS), None),
+        (Method::POST, "/api/servers/{id}/token", Roles(OPS), None),
+        (
+            Method::GET,
+            "/api/servers/{id}/metrics?metric=cpu",
+            Authenticated,
+            None,
+        ),
+        (
+            Method::GET,
+            "/api/servers/{id}/inventory/latest",
+            Authenticated,
+            None,
+        ),
+        (
+            Method::POST,
+            "/api/servers/{id}/inventory/refresh",
+            Roles(OPS),
+            None,
+        ),
+        (Method::GET, "/api/stats/overview", Authenticated, None),
+        (Method::POST, "/api/agent/v1/report", Agent, Some(json!({}))),
+        (
+            Method::POST,
+            "/api/agent/v1/enroll",
+            Agent,
+            Some(json!({ "enrollment_token": "x", "name": "x" })),
+        ),
         (Method::GET, "/api/plugins", Roles(ADMIN), None),
         (Method::GET, "/api/metrics", Roles(ADMIN), None),
         (Method::GET, "/api/webhooks", Roles(ADMIN), None),
@@ -121,7 +161,7 @@ async fn the_route_list_matches_the_openapi_document() {
     documented.insert(("GET".into(), "/api/openapi.json".into()));
     let tested: BTreeSet<(String, String)> = routes()
         .into_iter()
-        .map(|(m, p, _, _)| (m.to_string(), p.to_string()))
+        .map(|(m, p, _, _)| (m.to_string(), p.split('?').next().unwrap().to_string()))
         .collect();
     assert_eq!(
         documented, tested,
@@ -151,6 +191,20 @@ async fn every_route_admits_exactly_the_roles_of_the_matrix() {
         };
 
         let anonymous = send(request(None)).await;
+        if matches!(access, Agent) {
+            for (who, got) in [("nobody", anonymous)]
+                .into_iter()
+                .chain(futures_of(&tokens, &request).await)
+            {
+                let message = got.1["error"].as_str().unwrap_or_default().to_string();
+                assert!(
+                    matches!(got.0, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN)
+                        && !message.contains("may not"),
+                    "{who} must be refused at {method} {path} without a role check: {got:?}"
+                );
+            }
+            continue;
+        }
         if matches!(access, Public) {
             let message = anonymous.1["error"].as_str().unwrap_or_default();
             assert!(
@@ -197,6 +251,18 @@ async fn every_route_admits_exactly_the_roles_of_the_matrix() {
             }
         }
     }
+}
+
+/// Each role's answer to `request`.
+async fn futures_of(
+    tokens: &[(&'static str, String)],
+    request: &impl Fn(Option<&str>) -> reqwest::RequestBuilder,
+) -> Vec<(&'static str, (StatusCode, Value))> {
+    let mut out = Vec::new();
+    for (role, token) in tokens {
+        out.push((*role, send(request(Some(token))).await));
+    }
+    out
 }
 
 /// The suffix of the username behind `token` (the part after `<role>-`).

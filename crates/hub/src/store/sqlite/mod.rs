@@ -22,6 +22,7 @@ use crate::auth::roles::Role;
 use crate::error::{Error, Result};
 use crate::events::{Event, EventFilter, Severity};
 
+mod fleet;
 mod webhooks;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");

@@ -2,6 +2,7 @@
 
 #![allow(dead_code)]
 
+pub mod agent;
 pub mod process;
 pub mod receiver;
 
@@ -58,6 +59,9 @@ pub fn test_config(data_dir: &Path) -> Config {
     config.auth.login_user_attempts = 10_000;
     // Tests make many requests from one address; the rate-limit tests set their own limits.
     config.rate_limits.api_per_minute = 1_000_000;
+    // The hub's own agent would add a server and events to every test; its test turns it on.
+    config.local_agent = false;
+    config.fleet.local_agent_interval_secs = 1;
     config
 }
 

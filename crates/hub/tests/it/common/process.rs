@@ -32,6 +32,7 @@ pub fn smon(dir: &Path) -> Command {
         .env("SMON_DATA_DIR", dir)
         .env_remove("SMON_ADMIN_PASSWORD")
         .env("SMON_LISTEN", "127.0.0.1:0")
+        .env("SMON_LOCAL_AGENT", "false")
         .env("RUST_LOG", "warn");
     cmd
 }

@@ -1,0 +1,113 @@
+//! Talking to the hub over HTTP.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use smon_proto::{
+    ENROLL_PATH, EnrollRequest, EnrollResponse, ErrorBody, REPORT_PATH, Report, ReportResponse,
+};
+
+use crate::push::{HubLink, PushError};
+
+/// Reports over HTTP with the agent token.
+pub struct HttpLink {
+    client: reqwest::Client,
+    report_url: String,
+    authorization: String,
+}
+
+fn client(timeout: Duration) -> anyhow::Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .user_agent(concat!("smon-agent/", env!("CARGO_PKG_VERSION")))
+        .timeout(timeout)
+        .connect_timeout(timeout.min(Duration::from_secs(5)))
+        .build()?)
+}
+
+fn endpoint(hub: &str, path: &str) -> String {
+    format!("{}{path}", hub.trim_end_matches('/'))
+}
+
+impl HttpLink {
+    /// A link to the hub at `hub` (its base URL).
+    pub fn new(hub: &str, token: &str, timeout: Duration) -> anyhow::Result<Self> {
+        Ok(Self {
+            client: client(timeout)?,
+            report_url: endpoint(hub, REPORT_PATH),
+            authorization: format!("Bearer {token}"),
+        })
+    }
+}
+
+/// The hub's `{"error"}` message, or the status when the body is not one.
+async fn error_message(response: reqwest::Response) -> String {
+    let status = response.status();
+    match response.json::<ErrorBody>().await {
+        Ok(body) => format!("{status}: {}", body.error),
+        Err(_) => status.to_string(),
+    }
+}
+
+impl HubLink for HttpLink {
+    async fn report(&self, report: &Report) -> Result<ReportResponse, PushError> {
+        let response = self
+            .client
+            .post(&self.report_url)
+            .header(reqwest::header::AUTHORIZATION, &self.authorization)
+            .json(report)
+            .send()
+            .await
+            .map_err(|e| PushError::Unavailable(without_url(e)))?;
+        let status = response.status();
+        if status.is_success() {
+            return response.json().await.map_err(|e| {
+                PushError::Unavailable(format!("unreadable answer: {}", without_url(e)))
+            });
+        }
+        let message = error_message(response).await;
+        Err(match status {
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => PushError::Unauthorized(message),
+            StatusCode::BAD_REQUEST
+            | StatusCode::PAYLOAD_TOO_LARGE
+            | StatusCode::UNSUPPORTED_MEDIA_TYPE
+            | StatusCode::UNPROCESSABLE_ENTITY => PushError::Rejected(message),
+            _ => PushError::Unavailable(message),
+        })
+    }
+}
+
+/// reqwest errors name the URL; ours carry nothing secret, but keep log lines short.
+fn without_url(e: reqwest::Error) -> String {
+    let kind = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "cannot connect"
+    } else {
+        "request failed"
+    };
+    let mut message = kind.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(cause) = source {
+        message = format!("{message}: {cause}");
+        source = cause.source();
+    }
+    message
+}
+
+/// Register this machine with the hub's enrollment token; returns its server and agent token.
+pub async fn enroll(
+    hub: &str,
+    request: &EnrollRequest,
+    timeout: Duration,
+) -> anyhow::Result<EnrollResponse> {
+    let response = client(timeout)?
+        .post(endpoint(hub, ENROLL_PATH))
+        .json(request)
+        .send()
+        .await
+        .map_err(|e| anyhow::anyhow!("enrollment: {}", without_url(e)))?;
+    if !response.status().is_success() {
+        anyhow::bail!("enrollment refused: {}", error_message(response).await);
+    }
+    Ok(response.json().await?)
+}

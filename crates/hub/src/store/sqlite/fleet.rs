@@ -1,0 +1,438 @@
+//! SQLite: servers, their latest state, inventory and metrics history.
+
+use std::collections::HashMap;
+use std::sync::OnceLock;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::sqlite::SqliteRow;
+use sqlx::{Row, SqliteConnection};
+
+use super::{SqliteStore, corrupt, from_ms, insert_event, is_unique_violation, ms};
+use crate::error::{Error, Result};
+use crate::events::Event;
+use crate::fleet::metric::Metric;
+use crate::store::{
+    FleetStore, FleetWrite, HistoryPoint, MetricValues, ServerRecord, ServerStatus, Tier,
+};
+
+const MINUTE_MS: i64 = 60_000;
+const HOUR_MS: i64 = 3_600_000;
+
+impl Tier {
+    fn table(self) -> &'static str {
+        match self {
+            Tier::Raw => "metrics_raw",
+            Tier::Minute => "metrics_1m",
+            Tier::Hour => "metrics_1h",
+        }
+    }
+
+    fn time_column(self) -> &'static str {
+        match self {
+            Tier::Raw => "ts",
+            _ => "bucket",
+        }
+    }
+}
+
+fn server_from_row(row: &SqliteRow) -> Result<ServerRecord> {
+    let tags: String = row.try_get("tags")?;
+    let status: String = row.try_get("status")?;
+    let opt_u32 = |col: &str| -> Result<Option<u32>> {
+        Ok(row.try_get::<Option<i64>, _>(col)?.map(|v| v as u32))
+    };
+    Ok(ServerRecord {
+        seq: row.try_get("seq")?,
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        description: row.try_get("description")?,
+        tags: serde_json::from_str(&tags).map_err(|_| corrupt("server tags", &tags))?,
+        token_hash: row.try_get("token_hash")?,
+        is_local: row.try_get("is_local")?,
+        interval_secs: opt_u32("interval_secs")?,
+        status: ServerStatus::parse(&status).ok_or_else(|| corrupt("server status", &status))?,
+        last_seen_at: row.try_get::<Option<i64>, _>("last_seen_at")?.map(from_ms),
+        agent_version: row.try_get("agent_version")?,
+        agent_interval_secs: opt_u32("agent_interval_secs")?,
+        latest_sample: row.try_get("latest_sample")?,
+        created_by: row.try_get("created_by")?,
+        created_at: from_ms(row.try_get("created_at")?),
+        updated_at: from_ms(row.try_get("updated_at")?),
+    })
+}
+
+fn name_taken(e: sqlx::Error) -> Error {
+    if is_unique_violation(&e) {
+        Error::Conflict("a server with this name already exists".into())
+    } else {
+        e.into()
+    }
+}
+
+/// The statements built from [`Metric::ALL`], once.
+struct Statements {
+    insert_raw: String,
+    upsert_minute: String,
+    upsert_hour: String,
+}
+
+fn statements() -> &'static Statements {
+    static STATEMENTS: OnceLock<Statements> = OnceLock::new();
+    STATEMENTS.get_or_init(|| {
+        let names: Vec<&str> = Metric::ALL.iter().map(|m| m.name()).collect();
+        let insert_raw = format!(
+            "INSERT OR IGNORE INTO metrics_raw (seq, ts, {}) VALUES (?, ?{})",
+            names.join(", "),
+            ", ?".repeat(names.len())
+        );
+        let upsert = |table: &str| {
+            let mut columns = vec!["seq".to_string(), "bucket".into(), "last_ts".into()];
+            let mut updates = vec!["last_ts = max(last_ts, excluded.last_ts)".to_string()];
+            for m in &names {
+                for part in ["min", "max", "sum", "n", "last"] {
+                    columns.push(format!("{m}_{part}"));
+                }
+                // min() and max() of SQLite give NULL when either side is NULL.
+                updates.push(format!(
+                    "{m}_min = coalesce(min({m}_min, excluded.{m}_min), {m}_min, excluded.{m}_min)"
+                ));
+                updates.push(format!(
+                    "{m}_max = coalesce(max({m}_max, excluded.{m}_max), {m}_max, excluded.{m}_max)"
+                ));
+                updates.push(format!("{m}_sum = {m}_sum + excluded.{m}_sum"));
+                updates.push(format!("{m}_n = {m}_n + excluded.{m}_n"));
+                // Late (backfilled) points do not replace the last value of newer ones.
+                updates.push(format!(
+                    "{m}_last = CASE WHEN excluded.last_ts >= last_ts AND excluded.{m}_last IS NOT NULL \
+                     THEN excluded.{m}_last ELSE {m}_last END"
+                ));
+            }
+            format!(
+                "INSERT INTO {table} ({}) VALUES ({}) ON CONFLICT (seq, bucket) DO UPDATE SET {}",
+                columns.join(", "),
+                vec!["?"; columns.len()].join(", "),
+                updates.join(", ")
+            )
+        };
+        Statements {
+            insert_raw,
+            upsert_minute: upsert("metrics_1m"),
+            upsert_hour: upsert("metrics_1h"),
+        }
+    })
+}
+
+/// One metric's summary within a bucket.
+#[derive(Clone, Copy, Default)]
+struct Summary {
+    min: Option<f64>,
+    max: Option<f64>,
+    sum: f64,
+    n: i64,
+    last: Option<(i64, f64)>,
+}
+
+/// A bucket's summaries, gathered in memory so a batch writes each bucket once.
+#[derive(Clone, Copy)]
+struct Bucket {
+    last_ts: i64,
+    metrics: [Summary; Metric::COUNT],
+}
+
+impl Bucket {
+    fn add(&mut self, ts: i64, values: &MetricValues) {
+        self.last_ts = self.last_ts.max(ts);
+        for (summary, value) in self.metrics.iter_mut().zip(values) {
+            let Some(v) = *value else { continue };
+            summary.min = Some(summary.min.map_or(v, |m| m.min(v)));
+            summary.max = Some(summary.max.map_or(v, |m| m.max(v)));
+            summary.sum += v;
+            summary.n += 1;
+            if summary.last.is_none_or(|(at, _)| ts >= at) {
+                summary.last = Some((ts, v));
+            }
+        }
+    }
+}
+
+type Buckets = HashMap<(i64, i64), Bucket>;
+
+fn add_to(buckets: &mut Buckets, seq: i64, width: i64, ts: i64, values: &MetricValues) {
+    buckets
+        .entry((seq, ts - ts.rem_euclid(width)))
+        .or_insert(Bucket {
+            last_ts: ts,
+            metrics: [Summary::default(); Metric::COUNT],
+        })
+        .add(ts, values);
+}
+
+async fn upsert_buckets(conn: &mut SqliteConnection, sql: &str, buckets: &Buckets) -> Result<()> {
+    for ((seq, bucket), b) in buckets {
+        let mut q = sqlx::query(sql).bind(seq).bind(bucket).bind(b.last_ts);
+        for s in &b.metrics {
+            q = q
+                .bind(s.min)
+                .bind(s.max)
+                .bind(s.sum)
+                .bind(s.n)
+                .bind(s.last.map(|(_, v)| v));
+        }
+        q.execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl FleetStore for SqliteStore {
+    async fn insert_server(&self, s: &ServerRecord, event: &Event) -> Result<i64> {
+        let mut tx = self.write.begin().await?;
+        let seq = sqlx::query(
+            "INSERT INTO servers (id, name, description, tags, token_hash, is_local, interval_secs,
+                status, created_by, created_at, updated_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&s.id)
+        .bind(&s.name)
+        .bind(&s.description)
+        .bind(serde_json::to_string(&s.tags).expect("tags serialise"))
+        .bind(&s.token_hash)
+        .bind(s.is_local)
+        .bind(s.interval_secs)
+        .bind(s.status.as_str())
+        .bind(&s.created_by)
+        .bind(ms(s.created_at))
+        .bind(ms(s.updated_at))
+        .execute(&mut *tx)
+        .await
+        .map_err(name_taken)?
+        .last_insert_rowid();
+        insert_event(&mut tx, event).await?;
+        tx.commit().await?;
+        self.new_events.notify_one();
+        Ok(seq)
+    }
+
+    async fn list_servers(&self) -> Result<Vec<ServerRecord>> {
+        let rows = sqlx::query("SELECT * FROM servers ORDER BY seq")
+            .fetch_all(&self.read)
+            .await?;
+        rows.iter().map(server_from_row).collect()
+    }
+
+    async fn update_server(&self, s: &ServerRecord, event: &Event) -> Result<()> {
+        let mut tx = self.write.begin().await?;
+        let done = sqlx::query(
+            "UPDATE servers SET name = ?, description = ?, tags = ?, token_hash = ?,
+                interval_secs = ?, updated_at = ? WHERE seq = ?",
+        )
+        .bind(&s.name)
+        .bind(&s.description)
+        .bind(serde_json::to_string(&s.tags).expect("tags serialise"))
+        .bind(&s.token_hash)
+        .bind(s.interval_secs)
+        .bind(ms(s.updated_at))
+        .bind(s.seq)
+        .execute(&mut *tx)
+        .await
+        .map_err(name_taken)?;
+        if done.rows_affected() == 0 {
+            return Err(Error::NotFound("server".into()));
+        }
+        insert_event(&mut tx, event).await?;
+        tx.commit().await?;
+        self.new_events.notify_one();
+        Ok(())
+    }
+
+    async fn delete_server(&self, seq: i64, event: &Event) -> Result<()> {
+        let mut tx = self.write.begin().await?;
+        let done = sqlx::query("DELETE FROM servers WHERE seq = ?")
+            .bind(seq)
+            .execute(&mut *tx)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(Error::NotFound("server".into()));
+        }
+        for table in ["inventory", "metrics_raw", "metrics_1m", "metrics_1h"] {
+            sqlx::query(&format!("DELETE FROM {table} WHERE seq = ?"))
+                .bind(seq)
+                .execute(&mut *tx)
+                .await?;
+        }
+        insert_event(&mut tx, event).await?;
+        tx.commit().await?;
+        self.new_events.notify_one();
+        Ok(())
+    }
+
+    async fn write_fleet(&self, writes: &[FleetWrite]) -> Result<()> {
+        let sql = statements();
+        let mut minutes = Buckets::new();
+        let mut hours = Buckets::new();
+        let mut wrote_event = false;
+        let mut tx = self.write.begin().await?;
+        for write in writes {
+            match write {
+                FleetWrite::Report(r) => {
+                    let (latest_ts, latest) = match &r.latest {
+                        Some((ts, json)) => (Some(ms(*ts)), Some(json.as_str())),
+                        None => (None, None),
+                    };
+                    let known = sqlx::query(
+                        "UPDATE servers SET last_seen_at = max(coalesce(last_seen_at, 0), ?),
+                            agent_version = ?, agent_interval_secs = ?,
+                            latest_sample = CASE WHEN ? IS NOT NULL THEN ? ELSE latest_sample END
+                         WHERE seq = ?",
+                    )
+                    .bind(ms(r.seen_at))
+                    .bind(&r.agent_version)
+                    .bind(r.agent_interval_secs)
+                    .bind(latest_ts)
+                    .bind(latest)
+                    .bind(r.seq)
+                    .execute(&mut *tx)
+                    .await?;
+                    if known.rows_affected() == 0 {
+                        continue; // deleted while its report waited
+                    }
+                    for (ts, values) in &r.samples {
+                        let ts = ms(*ts);
+                        let mut q = sqlx::query(&sql.insert_raw).bind(r.seq).bind(ts);
+                        for v in values {
+                            q = q.bind(*v);
+                        }
+                        // A sample sent twice (its answer was lost) is stored and counted once.
+                        if q.execute(&mut *tx).await?.rows_affected() == 1 {
+                            add_to(&mut minutes, r.seq, MINUTE_MS, ts, values);
+                            add_to(&mut hours, r.seq, HOUR_MS, ts, values);
+                        }
+                    }
+                    if let Some(inventory) = &r.inventory {
+                        sqlx::query(
+                            "INSERT INTO inventory (seq, received_at, changed_at, data) VALUES (?, ?, ?, ?)
+                             ON CONFLICT (seq) DO UPDATE SET received_at = excluded.received_at,
+                                changed_at = CASE WHEN data = excluded.data THEN changed_at
+                                    ELSE excluded.changed_at END,
+                                data = excluded.data",
+                        )
+                        .bind(r.seq)
+                        .bind(ms(r.seen_at))
+                        .bind(ms(r.seen_at))
+                        .bind(inventory)
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                }
+                FleetWrite::Status { seq, status, event } => {
+                    let done = sqlx::query("UPDATE servers SET status = ? WHERE seq = ?")
+                        .bind(status.as_str())
+                        .bind(seq)
+                        .execute(&mut *tx)
+                        .await?;
+                    if done.rows_affected() == 1 {
+                        insert_event(&mut tx, event).await?;
+                        wrote_event = true;
+                    }
+                }
+            }
+        }
+        upsert_buckets(&mut tx, &sql.upsert_minute, &minutes).await?;
+        upsert_buckets(&mut tx, &sql.upsert_hour, &hours).await?;
+        tx.commit().await?;
+        if wrote_event {
+            self.new_events.notify_one();
+        }
+        Ok(())
+    }
+
+    async fn inventory(&self, seq: i64) -> Result<Option<(DateTime<Utc>, DateTime<Utc>, String)>> {
+        let row = sqlx::query("SELECT received_at, changed_at, data FROM inventory WHERE seq = ?")
+            .bind(seq)
+            .fetch_optional(&self.read)
+            .await?;
+        row.map(|r| {
+            Ok((
+                from_ms(r.try_get("received_at")?),
+                from_ms(r.try_get("changed_at")?),
+                r.try_get("data")?,
+            ))
+        })
+        .transpose()
+    }
+
+    async fn history(
+        &self,
+        seq: i64,
+        tier: Tier,
+        metric: Metric,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Vec<HistoryPoint>> {
+        let m = metric.name();
+        let (sql, from) = match tier {
+            Tier::Raw => (
+                format!(
+                    "SELECT ts AS t, {m} AS mn, {m} AS mx, {m} AS av, {m} AS la FROM metrics_raw
+                     WHERE seq = ? AND ts BETWEEN ? AND ? AND {m} IS NOT NULL ORDER BY ts"
+                ),
+                ms(from),
+            ),
+            Tier::Minute | Tier::Hour => {
+                let width = if tier == Tier::Minute {
+                    MINUTE_MS
+                } else {
+                    HOUR_MS
+                };
+                (
+                    format!(
+                        "SELECT bucket AS t, {m}_min AS mn, {m}_max AS mx, {m}_sum / {m}_n AS av,
+                            {m}_last AS la FROM {}
+                         WHERE seq = ? AND bucket BETWEEN ? AND ? AND {m}_n > 0 ORDER BY bucket",
+                        tier.table()
+                    ),
+                    ms(from) - ms(from).rem_euclid(width),
+                )
+            }
+        };
+        let rows = sqlx::query(&sql)
+            .bind(seq)
+            .bind(from)
+            .bind(ms(to))
+            .fetch_all(&self.read)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(HistoryPoint {
+                    ts: from_ms(r.try_get("t")?),
+                    min: r.try_get("mn")?,
+                    max: r.try_get("mx")?,
+                    avg: r.try_get("av")?,
+                    last: r.try_get("la")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn prune_history(&self, seqs: &[i64], tier: Tier, before: DateTime<Utc>) -> Result<u64> {
+        // Per server, so each delete is a range of the primary key: no index on time needed.
+        let sql = format!(
+            "DELETE FROM {} WHERE seq = ? AND {} < ?",
+            tier.table(),
+            tier.time_column()
+        );
+        let mut deleted = 0;
+        let mut tx = self.write.begin().await?;
+        for seq in seqs {
+            deleted += sqlx::query(&sql)
+                .bind(seq)
+                .bind(ms(before))
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        }
+        tx.commit().await?;
+        Ok(deleted)
+    }
+}
