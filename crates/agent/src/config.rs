@@ -150,3 +150,96 @@ impl AgentState {
         std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn valid() -> AgentConfig {
+        AgentConfig {
+            hub: "https://hub.example.com".into(),
+            ..AgentConfig::default()
+        }
+    }
+
+    #[test]
+    fn a_file_sets_keys_and_keeps_the_other_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.toml");
+        std::fs::write(
+            &path,
+            "hub = \"http://10.0.0.1:9083\"\ninterval_secs = 30\n",
+        )
+        .unwrap();
+        let c = AgentConfig::from_file(&path).unwrap();
+        assert_eq!(c.hub, "http://10.0.0.1:9083");
+        assert_eq!(c.interval_secs, 30);
+        assert!(!c.allow_tasks, "tasks stay off unless set");
+        assert_eq!(c.buffer_capacity(), 7200 / 30);
+        c.validate().unwrap();
+
+        std::fs::write(&path, "hub = \"x\"\nintervl = 3\n").unwrap();
+        let e = AgentConfig::from_file(&path).unwrap_err();
+        assert!(format!("{e:#}").contains("intervl"), "{e:#}");
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        for (c, key) in [
+            (AgentConfig::default(), "hub"),
+            (
+                AgentConfig {
+                    hub: "ftp://x".into(),
+                    ..valid()
+                },
+                "hub",
+            ),
+            (
+                AgentConfig {
+                    interval_secs: 0,
+                    ..valid()
+                },
+                "interval_secs",
+            ),
+            (
+                AgentConfig {
+                    buffer_secs: 60,
+                    ..valid()
+                },
+                "buffer_secs",
+            ),
+        ] {
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.starts_with(key), "{e}");
+        }
+    }
+
+    #[test]
+    fn the_token_is_redacted_and_the_state_file_is_private() {
+        let c = AgentConfig {
+            token: "smon_a_secret".into(),
+            ..valid()
+        };
+        assert!(!format!("{c:?}").contains("smon_a_secret"));
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/state.json");
+        assert!(AgentState::load(&path).unwrap().is_none());
+        AgentState {
+            server_id: "s1".into(),
+            agent_token: "smon_a_t".into(),
+        }
+        .save(&path)
+        .unwrap();
+        assert_eq!(
+            AgentState::load(&path).unwrap().unwrap().agent_token,
+            "smon_a_t"
+        );
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o077, 0);
+        }
+    }
+}

@@ -152,6 +152,71 @@ pub fn resident_memory_bytes() -> Option<u64> {
     Some(pages * u64::try_from(page_size).ok()?)
 }
 
+/// Servers by status and the ingest pipeline's counters.
+fn render_fleet(state: &crate::app::AppState, out: &mut Exposition) {
+    let (online, offline, unknown) = state.fleet.counts();
+    out.help("smon_servers", "gauge", "Servers by status.");
+    for (status, n) in [
+        ("online", online),
+        ("offline", offline),
+        ("unknown", unknown),
+    ] {
+        out.sample("smon_servers", &[("status", status)], n as f64);
+    }
+    let m = state.fleet.metrics();
+    out.help(
+        "smon_agent_reports_total",
+        "counter",
+        "Agent reports by outcome: stored, rejected as invalid, or shed because the ingest queue was full.",
+    );
+    for (outcome, counter) in [
+        ("accepted", &m.reports_accepted),
+        ("rejected", &m.reports_rejected),
+        ("shed", &m.reports_shed),
+    ] {
+        out.sample(
+            "smon_agent_reports_total",
+            &[("outcome", outcome)],
+            counter.load(Ordering::Relaxed) as f64,
+        );
+    }
+    for (name, help, counter) in [
+        (
+            "smon_ingest_samples_total",
+            "Samples committed to the metrics history.",
+            &m.samples_stored,
+        ),
+        (
+            "smon_ingest_batches_total",
+            "Transactions the ingest writer committed (or tried to).",
+            &m.batches,
+        ),
+        (
+            "smon_ingest_batch_items_total",
+            "Reports and status changes written by those transactions; divided by batches, the mean batch size.",
+            &m.batch_items,
+        ),
+        (
+            "smon_ingest_write_errors_total",
+            "Ingest transactions that failed (their reports were answered 503 and are retried by the agents).",
+            &m.write_errors,
+        ),
+    ] {
+        out.help(name, "counter", help);
+        out.sample(name, &[], counter.load(Ordering::Relaxed) as f64);
+    }
+    out.help(
+        "smon_ingest_queue_depth",
+        "gauge",
+        "Reports waiting for the ingest writer.",
+    );
+    out.sample(
+        "smon_ingest_queue_depth",
+        &[],
+        state.fleet.queue_depth() as f64,
+    );
+}
+
 /// Everything `GET /api/metrics` shows.
 pub async fn render(state: &crate::app::AppState) -> crate::error::Result<String> {
     let mut out = Exposition::default();
@@ -274,6 +339,7 @@ pub async fn render(state: &crate::app::AppState) -> crate::error::Result<String
             );
         }
     }
+    render_fleet(state, &mut out);
     if let Some(rss) = resident_memory_bytes() {
         out.help(
             "smon_process_resident_memory_bytes",

@@ -66,7 +66,12 @@ async fn a_real_agent_brings_its_server_online_with_metrics_and_inventory() {
     assert!(m["memory_percent"].as_f64().unwrap() > 0.0);
     assert!(m["uptime_secs"].as_u64().unwrap() > 0);
     assert!(m["process_count"].as_u64().unwrap() > 0);
-    assert!(!server["latest"]["filesystems"].as_array().unwrap().is_empty());
+    assert!(
+        !server["latest"]["filesystems"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
     assert_eq!(server["interval_secs"], 1);
     assert!(server["agent_version"].is_string());
     // The token is never shown again.

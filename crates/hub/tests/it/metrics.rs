@@ -6,6 +6,7 @@ use std::time::Duration;
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
+use crate::common::agent;
 use crate::common::receiver::Receiver;
 use crate::common::*;
 
@@ -117,5 +118,53 @@ async fn metrics_count_requests_by_route_template_and_show_the_pipelines() {
     assert_eq!(
         scrape(&hub, "prometheus-scrape-wrong").await.0,
         StatusCode::UNAUTHORIZED
+    );
+}
+
+#[tokio::test]
+async fn metrics_show_servers_by_status_and_the_ingest_pipeline() {
+    let hub = TestHub::start().await;
+    let t = &hub.admin_token;
+    let (_, token) = hub.create_server("m-1", &[]).await;
+    hub.create_server("m-2", &[]).await;
+    let now = chrono::Utc::now();
+    let two = agent::report(
+        vec![
+            agent::sample(now - chrono::Duration::seconds(1), 1.0),
+            agent::sample(now, 2.0),
+        ],
+        None,
+    );
+    assert_eq!(hub.post_report(&token, &two).await.0, StatusCode::OK);
+    let bad = agent::report(vec![agent::sample(now, 200.0)], None);
+    assert_eq!(
+        hub.post_report(&token, &bad).await.0,
+        StatusCode::BAD_REQUEST
+    );
+
+    let (_, _, text) = scrape(&hub, t).await;
+    assert_eq!(sample(&text, r#"smon_servers{status="online"}"#), Some(1.0));
+    assert_eq!(
+        sample(&text, r#"smon_servers{status="unknown"}"#),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&text, r#"smon_agent_reports_total{outcome="accepted"}"#),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&text, r#"smon_agent_reports_total{outcome="rejected"}"#),
+        Some(1.0)
+    );
+    assert_eq!(sample(&text, "smon_ingest_samples_total"), Some(2.0));
+    assert!(sample(&text, "smon_ingest_batches_total") >= Some(1.0));
+    assert_eq!(sample(&text, "smon_ingest_queue_depth"), Some(0.0));
+    // The report route is counted under its template like every other.
+    assert_eq!(
+        sample(
+            &text,
+            r#"smon_http_requests_total{method="POST",route="/api/agent/v1/report",status="200"}"#
+        ),
+        Some(1.0)
     );
 }

@@ -621,6 +621,27 @@ mod query_plans {
         ),
         ("delivery pruning", "DELETE FROM webhook_deliveries WHERE delivered_at < 5"),
         ("pending per webhook", "SELECT COUNT(*) FROM webhook_jobs WHERE webhook_id = 'w'"),
+        (
+            "report: server state",
+            "UPDATE servers SET last_seen_at = 1, agent_version = 'v' WHERE seq = 7",
+        ),
+        ("report: status change", "UPDATE servers SET status = 'online' WHERE seq = 7"),
+        (
+            "history raw",
+            "SELECT ts, cpu FROM metrics_raw WHERE seq = 7 AND ts BETWEEN 1 AND 2              AND cpu IS NOT NULL ORDER BY ts",
+        ),
+        (
+            "history 1m",
+            "SELECT bucket, cpu_min, cpu_max FROM metrics_1m WHERE seq = 7              AND bucket BETWEEN 1 AND 2 AND cpu_n > 0 ORDER BY bucket",
+        ),
+        (
+            "history 1h",
+            "SELECT bucket, cpu_min, cpu_max FROM metrics_1h WHERE seq = 7              AND bucket BETWEEN 1 AND 2 AND cpu_n > 0 ORDER BY bucket",
+        ),
+        ("retention raw", "DELETE FROM metrics_raw WHERE seq = 7 AND ts < 5"),
+        ("retention 1m", "DELETE FROM metrics_1m WHERE seq = 7 AND bucket < 5"),
+        ("inventory", "SELECT received_at, changed_at, data FROM inventory WHERE seq = 7"),
+        ("server deletion", "DELETE FROM metrics_raw WHERE seq = 7"),
     ];
 
     /// Tables that grow without bound; a plain scan of one is a bug on a hot path.
@@ -629,6 +650,11 @@ mod query_plans {
         "auth_tokens",
         "webhook_jobs",
         "webhook_deliveries",
+        "servers",
+        "inventory",
+        "metrics_raw",
+        "metrics_1m",
+        "metrics_1h",
     ];
 
     #[tokio::test]
