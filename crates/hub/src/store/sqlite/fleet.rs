@@ -436,3 +436,138 @@ impl FleetStore for SqliteStore {
         Ok(deleted)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::{EventType, Origin};
+    use crate::store::ReportWrite;
+
+    async fn store_with_server() -> (tempfile::TempDir, SqliteStore, i64) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("f.db").display());
+        let store = SqliteStore::open(&url).await.unwrap();
+        let now = Utc::now();
+        let server = ServerRecord {
+            seq: 0,
+            id: "s1".into(),
+            name: "one".into(),
+            description: None,
+            tags: vec![],
+            token_hash: "h".into(),
+            is_local: false,
+            interval_secs: None,
+            status: ServerStatus::Unknown,
+            last_seen_at: None,
+            agent_version: None,
+            agent_interval_secs: None,
+            latest_sample: None,
+            created_by: None,
+            created_at: now,
+            updated_at: now,
+        };
+        let event = Event::new(EventType::ServerCreated, &Origin::default());
+        let seq = store.insert_server(&server, &event).await.unwrap();
+        (dir, store, seq)
+    }
+
+    fn report(seq: i64, points: &[(i64, f64)]) -> FleetWrite {
+        let mut values = [None; Metric::COUNT];
+        FleetWrite::Report(ReportWrite {
+            seq,
+            samples: points
+                .iter()
+                .map(|(secs, cpu)| {
+                    values[0] = Some(*cpu);
+                    (DateTime::from_timestamp(*secs, 0).unwrap(), values)
+                })
+                .collect(),
+            latest: None,
+            seen_at: Utc::now(),
+            agent_version: "t".into(),
+            agent_interval_secs: 10,
+            inventory: None,
+        })
+    }
+
+    #[tokio::test]
+    async fn batches_merge_into_rollups_and_retention_deletes_by_tier() {
+        let (_dir, store, seq) = store_with_server().await;
+        let hour = 1_800_000_000 - 1_800_000_000 % 3600;
+        // Two batches touching the same minute, the second one late and out of order.
+        store
+            .write_fleet(&[report(seq, &[(hour + 10, 5.0), (hour + 70, 7.0)])])
+            .await
+            .unwrap();
+        store
+            .write_fleet(&[report(
+                seq,
+                &[(hour + 20, 9.0), (hour + 5, 1.0), (hour + 10, 5.0)],
+            )])
+            .await
+            .unwrap();
+        let t = |s: i64| DateTime::from_timestamp(s, 0).unwrap();
+        let minutes = store
+            .history(seq, Tier::Minute, Metric::Cpu, t(hour), t(hour + 3599))
+            .await
+            .unwrap();
+        assert_eq!(minutes.len(), 2);
+        let m = minutes[0];
+        assert_eq!((m.min, m.max, m.avg, m.last), (1.0, 9.0, 5.0, 9.0));
+        let hours = store
+            .history(seq, Tier::Hour, Metric::Cpu, t(hour), t(hour + 3599))
+            .await
+            .unwrap();
+        assert_eq!(hours.len(), 1);
+        assert_eq!((hours[0].min, hours[0].max, hours[0].last), (1.0, 9.0, 7.0));
+        assert_eq!(hours[0].avg, (5.0 + 7.0 + 9.0 + 1.0) / 4.0);
+        // A metric nobody reported has no points rather than zeros.
+        let temps = store
+            .history(
+                seq,
+                Tier::Hour,
+                Metric::Temperature,
+                t(hour),
+                t(hour + 3599),
+            )
+            .await
+            .unwrap();
+        assert!(temps.is_empty());
+
+        let deleted = store
+            .prune_history(&[seq], Tier::Raw, t(hour + 60))
+            .await
+            .unwrap();
+        assert_eq!(deleted, 3);
+        let raw = store
+            .history(seq, Tier::Raw, Metric::Cpu, t(hour), t(hour + 3599))
+            .await
+            .unwrap();
+        assert_eq!(raw.len(), 1);
+        assert_eq!(
+            store
+                .history(seq, Tier::Minute, Metric::Cpu, t(hour), t(hour + 3599))
+                .await
+                .unwrap()
+                .len(),
+            2,
+            "rollups keep their own retention"
+        );
+    }
+
+    #[tokio::test]
+    async fn reports_of_a_deleted_server_are_skipped_not_failed() {
+        let (_dir, store, seq) = store_with_server().await;
+        let event = Event::new(EventType::ServerDeleted, &Origin::default());
+        store.delete_server(seq, &event).await.unwrap();
+        store
+            .write_fleet(&[report(seq, &[(1_800_000_000, 5.0)])])
+            .await
+            .unwrap();
+        let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM metrics_raw")
+            .fetch_one(&store.read)
+            .await
+            .unwrap();
+        assert_eq!(n, 0);
+    }
+}
