@@ -60,6 +60,7 @@ pub fn with_cause(e: crate::error::Error) -> anyhow::Error {
 pub struct Hub {
     addr: SocketAddr,
     first_admin: FirstAdmin,
+    local_server_name: Option<String>,
     shutdown: CancellationToken,
     server: JoinHandle<std::io::Result<()>>,
     workers: Vec<(&'static str, JoinHandle<()>)>,
@@ -137,6 +138,10 @@ impl Hub {
             .await
             .map_err(|e| with_cause(e).context("creating the first admin"))?;
 
+        let local_server_name = match &local_server {
+            Some(id) => Some(fleet.get(id).map_err(with_cause)?.server.name),
+            None => None,
+        };
         let state = AppState {
             auth,
             users,
@@ -219,6 +224,7 @@ impl Hub {
         Ok(Hub {
             addr,
             first_admin,
+            local_server_name,
             shutdown,
             server,
             workers,
@@ -233,6 +239,11 @@ impl Hub {
     /// The address the HTTP server is bound to.
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The name of the server the embedded agent reports as, when it runs.
+    pub fn local_server_name(&self) -> Option<&str> {
+        self.local_server_name.as_deref()
     }
 
     /// What start did about the first admin.

@@ -165,6 +165,12 @@ fn print_banner(hub: &Hub) -> std::io::Result<()> {
         "Server Monitor hub {} listening on {url}",
         smon_hub::VERSION
     )?;
+    if let Some(name) = hub.local_server_name() {
+        writeln!(
+            out,
+            "Monitoring this machine as server \"{name}\" (turn off with --no-local-agent)"
+        )?;
+    }
     if let FirstAdmin::Created {
         password,
         generated,

@@ -878,3 +878,34 @@ async fn the_hub_monitors_its_own_machine_by_default() {
     assert_eq!(page["total"], 1);
     assert_eq!(page["servers"][0]["id"], id.as_str());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smon_serve_shows_this_machine_online_out_of_the_box() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, base, _) = crate::common::process::spawn_serve_with(
+        dir.path(),
+        &[
+            ("SMON_LOCAL_AGENT", "true"),
+            ("SMON_FLEET_LOCAL_AGENT_INTERVAL_SECS", "1"),
+            ("SMON_ADMIN_PASSWORD", ADMIN_PASSWORD),
+        ],
+    );
+    let (client, token) = crate::common::process::admin_session(&base, ADMIN_PASSWORD).await;
+    let server = eventually(Duration::from_secs(8), "this machine online", || async {
+        let page: Value = client
+            .get(format!("{base}/api/servers"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        let s = page["servers"].get(0)?.clone();
+        (s["status"] == "online" && s["metrics"].is_object()).then_some(s)
+    })
+    .await;
+    assert_eq!(server["local"], true);
+    crate::common::process::sigterm(&child);
+    assert!(crate::common::process::wait_exit(&mut child, Duration::from_secs(10)).success());
+}
