@@ -493,7 +493,7 @@ mod tests {
     #[tokio::test]
     async fn batches_merge_into_rollups_and_retention_deletes_by_tier() {
         let (_dir, store, seq) = store_with_server().await;
-        let hour = 1_800_000_000 - 1_800_000_000 % 3600;
+        let hour: i64 = 1_800_000_000; // on the hour
         // Two batches touching the same minute, the second one late and out of order.
         store
             .write_fleet(&[report(seq, &[(hour + 10, 5.0), (hour + 70, 7.0)])])
