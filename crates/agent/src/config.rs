@@ -19,6 +19,9 @@ pub struct AgentConfig {
     pub interval_secs: u32,
     /// Whether this machine runs tasks the hub sends (never, unless set here).
     pub allow_tasks: bool,
+    /// With `allow_tasks`: when not empty, only commands equal to an entry or starting with an
+    /// entry and a space, without shell control characters (`;&|$` and the like).
+    pub task_allowlist: Vec<String>,
     /// How many seconds of samples to keep while the hub cannot be reached.
     pub buffer_secs: u64,
     /// Longest wait between retries while the hub cannot be reached, in seconds.
@@ -41,6 +44,7 @@ impl Default for AgentConfig {
             token_file: None,
             interval_secs: 10,
             allow_tasks: false,
+            task_allowlist: Vec::new(),
             buffer_secs: 7200,
             max_backoff_secs: 300,
             state_file: PathBuf::from("/var/lib/smon-agent/state.json"),

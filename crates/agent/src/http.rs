@@ -5,6 +5,7 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use smon_proto::{
     ENROLL_PATH, EnrollRequest, EnrollResponse, ErrorBody, REPORT_PATH, Report, ReportResponse,
+    TaskUpdate, task_update_path,
 };
 
 use crate::push::{HubLink, PushError};
@@ -12,6 +13,7 @@ use crate::push::{HubLink, PushError};
 /// Reports over HTTP with the agent token.
 pub struct HttpLink {
     client: reqwest::Client,
+    hub: String,
     report_url: String,
     authorization: String,
 }
@@ -33,6 +35,7 @@ impl HttpLink {
     pub fn new(hub: &str, token: &str, timeout: Duration) -> anyhow::Result<Self> {
         Ok(Self {
             client: client(timeout)?,
+            hub: hub.to_string(),
             report_url: endpoint(hub, REPORT_PATH),
             authorization: format!("Bearer {token}"),
         })
@@ -48,31 +51,53 @@ async fn error_message(response: reqwest::Response) -> String {
     }
 }
 
-impl HubLink for HttpLink {
-    async fn report(&self, report: &Report) -> Result<ReportResponse, PushError> {
+impl HttpLink {
+    /// POST `body` to `url`; a success answer is handed back, an error mapped to what the
+    /// agent should do about it.
+    async fn post(
+        &self,
+        url: &str,
+        body: &impl serde::Serialize,
+    ) -> Result<reqwest::Response, PushError> {
         let response = self
             .client
-            .post(&self.report_url)
+            .post(url)
             .header(reqwest::header::AUTHORIZATION, &self.authorization)
-            .json(report)
+            .json(body)
             .send()
             .await
             .map_err(|e| PushError::Unavailable(without_url(e)))?;
         let status = response.status();
         if status.is_success() {
-            return response.json().await.map_err(|e| {
-                PushError::Unavailable(format!("unreadable answer: {}", without_url(e)))
-            });
+            return Ok(response);
         }
         let message = error_message(response).await;
         Err(match status {
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => PushError::Unauthorized(message),
             StatusCode::BAD_REQUEST
+            | StatusCode::NOT_FOUND
+            | StatusCode::CONFLICT
             | StatusCode::PAYLOAD_TOO_LARGE
             | StatusCode::UNSUPPORTED_MEDIA_TYPE
             | StatusCode::UNPROCESSABLE_ENTITY => PushError::Rejected(message),
             _ => PushError::Unavailable(message),
         })
+    }
+}
+
+impl HubLink for HttpLink {
+    async fn report(&self, report: &Report) -> Result<ReportResponse, PushError> {
+        self.post(&self.report_url, report)
+            .await?
+            .json()
+            .await
+            .map_err(|e| PushError::Unavailable(format!("unreadable answer: {}", without_url(e))))
+    }
+
+    async fn task_update(&self, task_id: &str, update: &TaskUpdate) -> Result<(), PushError> {
+        self.post(&endpoint(&self.hub, &task_update_path(task_id)), update)
+            .await
+            .map(drop)
     }
 }
 

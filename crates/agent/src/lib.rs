@@ -7,6 +7,7 @@ pub mod collect;
 pub mod config;
 pub mod http;
 pub mod push;
+pub mod tasks;
 
 /// The agent's version, sent with every report.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

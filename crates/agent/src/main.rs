@@ -35,6 +35,9 @@ struct Cli {
     /// Run tasks the hub sends [default: false].
     #[arg(long, env = "SMON_AGENT_ALLOW_TASKS")]
     allow_tasks: Option<bool>,
+    /// With --allow-tasks true: only this command (or it followed by arguments); repeatable.
+    #[arg(long = "task-allow")]
+    task_allowlist: Vec<String>,
     /// Seconds of samples kept while the hub is unreachable [default: 7200].
     #[arg(long, env = "SMON_AGENT_BUFFER_SECS")]
     buffer_secs: Option<u64>,
@@ -76,6 +79,9 @@ impl Cli {
         }
         if let Some(v) = self.interval {
             c.interval_secs = v;
+        }
+        if !self.task_allowlist.is_empty() {
+            c.task_allowlist = self.task_allowlist;
         }
         if let Some(v) = self.allow_tasks {
             c.allow_tasks = v;
@@ -171,6 +177,10 @@ async fn main() -> anyhow::Result<()> {
         buffer_capacity: config.buffer_capacity(),
         max_backoff: Duration::from_secs(config.max_backoff_secs),
         initial_jitter: true,
+        tasks: smon_agent::tasks::TaskPolicy {
+            allow: config.allow_tasks,
+            allowlist: config.task_allowlist.clone(),
+        },
     };
     tracing::info!(hub = %config.hub, interval_secs = config.interval_secs, allow_tasks = config.allow_tasks, "agent starting");
     let shutdown = CancellationToken::new();

@@ -2,17 +2,19 @@
 
 use std::collections::VecDeque;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use rand::Rng;
 use smon_proto::{
     Inventory, MAX_REPORT_BYTES, MAX_SAMPLES_PER_REPORT, PROTOCOL_VERSION, REQUEST_INVENTORY,
-    Report, ReportResponse, Sample,
+    Report, ReportResponse, Sample, TaskUpdate,
 };
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::collect::Collector;
+use crate::tasks::{TaskPolicy, Tasks};
 
 /// Why a report was not accepted.
 #[derive(Debug)]
@@ -42,6 +44,13 @@ pub trait HubLink: Send + Sync + 'static {
         &self,
         report: &Report,
     ) -> impl Future<Output = Result<ReportResponse, PushError>> + Send;
+
+    /// Tell the hub a task started or ended.
+    fn task_update(
+        &self,
+        task_id: &str,
+        update: &TaskUpdate,
+    ) -> impl Future<Output = Result<(), PushError>> + Send;
 }
 
 /// What the loop samples; the real [`Collector`] outside tests.
@@ -70,6 +79,8 @@ pub struct PushSettings {
     /// Delay the first sample by a random part of the interval, so agents started together
     /// do not report together.
     pub initial_jitter: bool,
+    /// Which tasks this machine runs.
+    pub tasks: TaskPolicy,
 }
 
 /// Samples waiting to be sent, oldest first, bounded: when full the oldest are dropped.
@@ -154,6 +165,8 @@ pub async fn run<L: HubLink, S: Source>(
     settings: PushSettings,
     shutdown: CancellationToken,
 ) {
+    let link = Arc::new(link);
+    let tasks = Tasks::new(link.clone(), settings.tasks.clone(), shutdown.clone());
     let mut source = Some(source);
     let mut interval = settings.interval;
     let mut backlog = Backlog::new(settings.buffer_capacity);
@@ -210,6 +223,7 @@ pub async fn run<L: HubLink, S: Source>(
                 interval_secs: interval.as_secs().max(1) as u32,
                 samples,
                 inventory: pending_inventory.clone(),
+                tasks_enabled: tasks.enabled(),
             };
             let result = tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -225,6 +239,8 @@ pub async fn run<L: HubLink, S: Source>(
                     if report.inventory.is_some() {
                         last_inventory = pending_inventory.take();
                     }
+                    tasks.cancel(&answer.cancel);
+                    tasks.accept(answer.tasks);
                     let wanted =
                         Duration::from_secs(u64::from(answer.interval_secs.clamp(1, 3600)));
                     if wanted != interval {

@@ -20,6 +20,7 @@ use crate::secrets::SecretBox;
 use crate::store::Store;
 use crate::store::sqlite::SqliteStore;
 use crate::system::SystemService;
+use crate::tasks::TaskService;
 use crate::users::{FirstAdmin, UserService};
 use crate::webhooks::delivery;
 use crate::webhooks::send::WebhookClient;
@@ -37,6 +38,7 @@ pub struct AppState {
     pub plugins: Arc<PluginManager>,
     pub webhooks: WebhookService,
     pub fleet: FleetService,
+    pub tasks: TaskService,
     pub http_metrics: Arc<HttpMetrics>,
     pub limits: Arc<RateLimits>,
 }
@@ -124,6 +126,9 @@ impl Hub {
         )
         .await
         .map_err(with_cause)?;
+        let tasks = TaskService::load(store.clone(), fleet.clone(), &config.tasks)
+            .await
+            .map_err(with_cause)?;
         let local_server = if config.local_agent {
             let hostname = sysinfo::System::host_name().unwrap_or_else(|_| "hub".into());
             Some(fleet.ensure_local(&hostname).await.map_err(with_cause)?)
@@ -150,6 +155,7 @@ impl Hub {
             plugins: plugins.clone(),
             webhooks: webhooks.clone(),
             fleet: fleet.clone(),
+            tasks: tasks.clone(),
             http_metrics: Arc::default(),
             limits: Arc::new(RateLimits::new(&config.rate_limits)),
             config: Arc::new(config),
@@ -173,6 +179,13 @@ impl Hub {
             )),
         ));
         workers.push((
+            "task-reconciler",
+            tokio::spawn(crate::tasks::run_reconciler(
+                tasks.clone(),
+                shutdown.clone(),
+            )),
+        ));
+        workers.push((
             "fleet-retention",
             tokio::spawn(crate::fleet::workers::run_retention(
                 fleet.clone(),
@@ -182,8 +195,9 @@ impl Hub {
         if let Some(id) = local_server {
             workers.push((
                 "local-agent",
-                tokio::spawn(crate::fleet::local::run(
+                tokio::spawn(crate::local_agent::run(
                     fleet.clone(),
+                    tasks.clone(),
                     id,
                     shutdown.clone(),
                 )),

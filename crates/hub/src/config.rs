@@ -46,6 +46,8 @@ pub struct Config {
     pub enrollment_token: Secret,
     /// Servers, agent reports, metrics history.
     pub fleet: FleetConfig,
+    /// Remote tasks: the command policy.
+    pub tasks: TasksConfig,
     /// Sessions, tokens and login protection.
     pub auth: AuthConfig,
     /// Plugins: which run, their queues and their settings.
@@ -54,6 +56,54 @@ pub struct Config {
     pub webhooks: WebhooksConfig,
     /// API rate limits (the login limits are under `auth`).
     pub rate_limits: RateLimitsConfig,
+}
+
+/// Remote tasks. The policy is a safety net against mistakes, not a sandbox: a task runs with
+/// the agent's rights, and agents run none unless their own configuration allows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TasksConfig {
+    /// `denylist`: refuse commands matching a `deny` pattern. `allowlist`: run only commands
+    /// matching an `allow` pattern (and no `deny` pattern).
+    pub policy: String,
+    /// Regular expressions (case-insensitive) of commands to refuse.
+    pub deny: Vec<String>,
+    /// Regular expressions (case-insensitive, whole command) of commands to allow in
+    /// `allowlist` mode.
+    pub allow: Vec<String>,
+    /// A running task with no result this long after its timeout is marked interrupted.
+    pub result_grace_secs: u64,
+}
+
+impl Default for TasksConfig {
+    fn default() -> Self {
+        Self {
+            policy: "denylist".into(),
+            deny: [
+                // rm of /, /* or a home directory, whatever the flags
+                r"\brm\s+(-\S+\s+)*(/|/\*|~/?|\$HOME/?)(\s|$)",
+                // making filesystems, wiping signatures, overwriting disks
+                r"\b(mkfs(\.\w+)?|wipefs|fdisk|sfdisk|parted)\b",
+                r"\bdd\b.*\bof=/dev/(sd|hd|vd|xvd|nvme|mmcblk|dm-)",
+                r">\s*/dev/(sd|hd|vd|xvd|nvme|mmcblk|dm-)",
+                r"\bshred\b.*/dev/",
+                // a fork bomb
+                r":\(\)\s*\{\s*:\s*\|\s*:\s*&\s*\}\s*;\s*:",
+                // stopping the machine
+                r"\b(shutdown|reboot|halt|poweroff)\b",
+                r"\binit\s+[06]\b",
+                // opening up the whole filesystem
+                r"\bchmod\s+(-\S+\s+)*0?777\s+/(\s|$)",
+                r"\bchown\s+(-\S+\s+)*\S+\s+/(\s|$)",
+                // dropping every cron job
+                r"\bcrontab\s+-r\b",
+            ]
+            .map(String::from)
+            .to_vec(),
+            allow: Vec::new(),
+            result_grace_secs: 60,
+        }
+    }
 }
 
 /// Servers, agent reports and metrics history.
@@ -74,6 +124,8 @@ pub struct FleetConfig {
     pub hour_retention_days: u64,
     /// Sampling interval of the hub's own agent.
     pub local_agent_interval_secs: u32,
+    /// Whether the hub's own agent runs tasks (like an agent's `allow_tasks`).
+    pub local_agent_allow_tasks: bool,
 }
 
 impl Default for FleetConfig {
@@ -86,6 +138,7 @@ impl Default for FleetConfig {
             minute_retention_days: 30,
             hour_retention_days: 730,
             local_agent_interval_secs: 10,
+            local_agent_allow_tasks: false,
         }
     }
 }
@@ -103,6 +156,8 @@ pub struct RateLimitsConfig {
     pub webhook_test_per_minute: u32,
     /// Inventory refresh requests per server.
     pub inventory_refresh_per_minute: u32,
+    /// Tasks one user may create (a fleet task counts once).
+    pub task_create_per_minute: u32,
     /// Proxies (CIDRs) whose `X-Forwarded-For` names the client; others' is ignored.
     pub trusted_proxies: Vec<String>,
 }
@@ -114,6 +169,7 @@ impl Default for RateLimitsConfig {
             webhook_create_per_minute: 20,
             webhook_test_per_minute: 10,
             inventory_refresh_per_minute: 10,
+            task_create_per_minute: 20,
             trusted_proxies: Vec::new(),
         }
     }
@@ -260,6 +316,7 @@ impl Default for Config {
             local_agent: true,
             enrollment_token: Secret::default(),
             fleet: FleetConfig::default(),
+            tasks: TasksConfig::default(),
             auth: AuthConfig::default(),
             plugins: PluginsConfig::default(),
             webhooks: WebhooksConfig::default(),
@@ -393,6 +450,7 @@ impl Config {
             || r.webhook_create_per_minute == 0
             || r.webhook_test_per_minute == 0
             || r.inventory_refresh_per_minute == 0
+            || r.task_create_per_minute == 0
         {
             return invalid("rate_limits: every limit must be at least 1 per minute".into());
         }
@@ -425,6 +483,22 @@ impl Config {
                         "public_url: {:?} is not an http(s) URL",
                         self.public_url
                     ));
+                }
+            }
+        }
+        if !matches!(self.tasks.policy.as_str(), "denylist" | "allowlist") {
+            return invalid(format!(
+                "tasks.policy: {:?} is not denylist or allowlist",
+                self.tasks.policy
+            ));
+        }
+        for (key, patterns) in [
+            ("tasks.deny", &self.tasks.deny),
+            ("tasks.allow", &self.tasks.allow),
+        ] {
+            for p in patterns {
+                if let Err(e) = regex::Regex::new(p) {
+                    return invalid(format!("{key}: {p:?} is not a valid pattern: {e}"));
                 }
             }
         }

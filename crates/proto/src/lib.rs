@@ -18,6 +18,13 @@ pub const MAX_REPORT_BYTES: usize = 256 * 1024;
 pub const MAX_SAMPLES_PER_REPORT: usize = 360;
 /// The request the hub makes when it wants the agent's inventory.
 pub const REQUEST_INVENTORY: &str = "inventory";
+/// Largest stdout or stderr a task result carries, in bytes (the rest is cut).
+pub const MAX_TASK_OUTPUT: usize = 64 * 1024;
+
+/// Path of a task's status updates (`{id}` is the task id).
+pub fn task_update_path(task_id: &str) -> String {
+    format!("/api/agent/v1/tasks/{task_id}/result")
+}
 
 /// `POST /api/agent/v1/report`, authenticated by `Authorization: Bearer <agent token>`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -34,6 +41,9 @@ pub struct Report {
     /// Sent at start, when it changed, and when the hub asked for it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inventory: Option<Inventory>,
+    /// Whether this agent runs tasks (its own `allow_tasks`).
+    #[serde(default)]
+    pub tasks_enabled: bool,
 }
 
 /// One collection of metrics.
@@ -168,6 +178,64 @@ pub struct ReportResponse {
     /// Things the hub asks for, e.g. [`REQUEST_INVENTORY`]; unknown requests are ignored.
     #[serde(default)]
     pub requests: Vec<String>,
+    /// Tasks to run. The hub repeats a task until the agent has reported on it, so an agent
+    /// ignores ids it already knows.
+    #[serde(default)]
+    pub tasks: Vec<TaskAssignment>,
+    /// Ids of running tasks to cancel.
+    #[serde(default)]
+    pub cancel: Vec<String>,
+}
+
+/// A shell command the hub asks the agent to run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
+pub struct TaskAssignment {
+    pub id: String,
+    /// Run with `sh -c`.
+    pub command: String,
+    /// Killed (its whole process group) after this many seconds.
+    pub timeout_secs: u32,
+}
+
+/// Where a task stands, as the agent reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum TaskOutcome {
+    /// Started.
+    Running,
+    /// Ran to its end; `exit_code` says how.
+    Exited,
+    /// Killed at its timeout.
+    Timeout,
+    /// Killed because the hub cancelled it.
+    Cancelled,
+    /// Not run: the agent's configuration does not allow it.
+    Rejected,
+    /// Could not be started.
+    Error,
+}
+
+/// `POST /api/agent/v1/tasks/{id}/result`: a task started or ended.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
+pub struct TaskUpdate {
+    pub outcome: TaskOutcome,
+    #[serde(default)]
+    pub exit_code: Option<i32>,
+    /// At most [`MAX_TASK_OUTPUT`] bytes.
+    #[serde(default)]
+    pub stdout: String,
+    #[serde(default)]
+    pub stderr: String,
+    /// Whether output was cut at the bound.
+    #[serde(default)]
+    pub truncated: bool,
+    /// Why a task was rejected or could not start.
+    #[serde(default)]
+    pub error: Option<String>,
+    pub at: DateTime<Utc>,
 }
 
 /// `POST /api/agent/v1/enroll`: an agent registers itself with the hub's enrollment token.

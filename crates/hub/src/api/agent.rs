@@ -3,9 +3,11 @@
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
-use smon_proto::{EnrollRequest, EnrollResponse, MAX_REPORT_BYTES, Report, ReportResponse};
+use smon_proto::{
+    EnrollRequest, EnrollResponse, MAX_REPORT_BYTES, Report, ReportResponse, TaskUpdate,
+};
 
 use crate::api::ErrorBody;
 use crate::api::extract::{ApiJson, ClientOrigin, parse_json};
@@ -24,19 +26,8 @@ fn agent_token(headers: &HeaderMap) -> Result<&str> {
         })
 }
 
-/// An agent's report: samples (one, or many when backfilling) and, when it changed, the
-/// inventory. Bodies over 256 KiB, malformed JSON and impossible values are refused whole.
-#[utoipa::path(post, path = "/api/agent/v1/report", tag = "agent", request_body = Report,
-    security(("bearer" = [])),
-    responses((status = 200, body = ReportResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 503, body = ErrorBody)))]
-pub async fn report(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Json<ReportResponse>> {
-    // The token first: an unknown agent learns nothing about what it sent.
-    let server_id = state.fleet.authenticate_agent(agent_token(&headers)?)?;
+/// The body as JSON, within the protocol's size limit (read only after the token checked out).
+async fn read_json<T: serde::de::DeserializeOwned>(headers: &HeaderMap, body: Body) -> Result<T> {
     let is_json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -55,8 +46,44 @@ pub async fn report(
         .map_err(|_| Error::PayloadTooLarge {
             limit: MAX_REPORT_BYTES,
         })?;
-    let report: Report = parse_json(&bytes)?;
-    Ok(Json(state.fleet.ingest(&server_id, report).await?))
+    parse_json(&bytes)
+}
+
+/// An agent's report: samples (one, or many when backfilling) and, when it changed, the
+/// inventory. Bodies over 256 KiB, malformed JSON and impossible values are refused whole.
+#[utoipa::path(post, path = "/api/agent/v1/report", tag = "agent", request_body = Report,
+    security(("bearer" = [])),
+    responses((status = 200, body = ReportResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn report(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<ReportResponse>> {
+    // The token first: an unknown agent learns nothing about what it sent.
+    let server_id = state.fleet.authenticate_agent(agent_token(&headers)?)?;
+    let report: Report = read_json(&headers, body).await?;
+    let mut answer = state.fleet.ingest(&server_id, report).await?;
+    state.tasks.attach(&server_id, &mut answer).await?;
+    Ok(Json(answer))
+}
+
+/// An agent's word on a task: it started, or it ended (with exit code and bounded output).
+/// Repeats are accepted and change nothing, so agents can retry freely.
+#[utoipa::path(post, path = "/api/agent/v1/tasks/{id}/result", tag = "agent", params(("id" = String, Path)),
+    request_body = TaskUpdate, security(("bearer" = [])),
+    responses((status = 200, body = crate::api::Success), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
+pub async fn task_result(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Body,
+) -> Result<Json<crate::api::Success>> {
+    let server_id = state.fleet.authenticate_agent(agent_token(&headers)?)?;
+    let update: TaskUpdate = read_json(&headers, body).await?;
+    state.tasks.agent_update(&server_id, &id, update).await?;
+    Ok(Json(crate::api::Success::OK))
 }
 
 /// Register a server with the hub's enrollment token; the answer holds its agent token.

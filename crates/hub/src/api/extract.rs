@@ -220,7 +220,8 @@ pub mod need {
         ManagePlugins,
         ManageWebhooks,
         ReadFleet,
-        ManageServers
+        ManageServers,
+        RunTasks
     );
 }
 

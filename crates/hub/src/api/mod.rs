@@ -9,6 +9,7 @@ pub mod metrics;
 pub mod plugins;
 pub mod ratelimit;
 pub mod servers;
+pub mod tasks;
 pub mod users;
 pub mod webhooks;
 
@@ -64,6 +65,7 @@ impl Success {
         (name = "users", description = "User accounts and personal API tokens"),
         (name = "events", description = "The event log: audit trail, recent activity, catalog"),
         (name = "servers", description = "The fleet: servers, their latest metrics, history and inventory"),
+        (name = "tasks", description = "Remote tasks: shell commands run by agents that allow them"),
         (name = "agent", description = "The agent protocol (docs/AGENT_PROTOCOL.md), authenticated by agent tokens"),
         (name = "plugins", description = "Plugins and their counters"),
         (name = "webhooks", description = "Managed webhooks: signed, retried, SSRF-safe, with delivery logs"),
@@ -121,6 +123,11 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(servers::overview))
         .routes(routes!(agent::report))
         .routes(routes!(agent::enroll))
+        .routes(routes!(agent::task_result))
+        .routes(routes!(tasks::create_task))
+        .routes(routes!(tasks::list_tasks, tasks::create_fleet_task))
+        .routes(routes!(tasks::get_task))
+        .routes(routes!(tasks::cancel_task))
         .routes(routes!(plugins::list_plugins))
         .routes(routes!(webhooks::list_webhooks, webhooks::create_webhook))
         .routes(routes!(

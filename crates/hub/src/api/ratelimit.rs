@@ -129,6 +129,8 @@ pub struct RateLimits {
     pub webhook_test: Limiter,
     /// Per server: inventory refresh requests.
     pub inventory_refresh: Limiter,
+    /// Per user: task creation.
+    pub task_create: Limiter,
     trusted_proxies: Vec<IpNet>,
 }
 
@@ -140,6 +142,7 @@ impl RateLimits {
             webhook_create: Limiter::new("webhook_create", cfg.webhook_create_per_minute),
             webhook_test: Limiter::new("webhook_test", cfg.webhook_test_per_minute),
             inventory_refresh: Limiter::new("inventory_refresh", cfg.inventory_refresh_per_minute),
+            task_create: Limiter::new("task_create", cfg.task_create_per_minute),
             trusted_proxies: cfg
                 .trusted_proxies
                 .iter()
@@ -153,12 +156,13 @@ impl RateLimits {
     }
 
     /// Every limiter, for metrics.
-    pub fn all(&self) -> [&Limiter; 4] {
+    pub fn all(&self) -> [&Limiter; 5] {
         [
             &self.api,
             &self.webhook_create,
             &self.webhook_test,
             &self.inventory_refresh,
+            &self.task_create,
         ]
     }
 

@@ -63,6 +63,8 @@ pub enum Permission {
     ReadFleet,
     /// Create, change and delete servers, rotate agent tokens, ask for inventory.
     ManageServers,
+    /// Run and cancel remote tasks.
+    RunTasks,
 }
 
 impl Permission {
@@ -74,7 +76,7 @@ impl Permission {
                 &[Admin, Operator, Viewer, Auditor]
             }
             Permission::ReadAuditLog => &[Admin, Auditor],
-            Permission::ManageServers => &[Admin, Operator],
+            Permission::ManageServers | Permission::RunTasks => &[Admin, Operator],
             Permission::ManageUsers
             | Permission::ManagePlugins
             | Permission::ManageWebhooks
@@ -94,6 +96,7 @@ impl Permission {
             Permission::ReadMetrics => "read metrics",
             Permission::ReadFleet => "read servers",
             Permission::ManageServers => "manage servers",
+            Permission::RunTasks => "run tasks",
         }
     }
 }

@@ -51,6 +51,12 @@ catalog! {
     ServerOnline = "server.online", Info, "A server's agent reported after the server was offline or had never reported (meta.previous_status).";
     ServerOffline = "server.offline", Warning, "A server missed fleet.offline_after_intervals reports in a row.";
     InventoryRefresh = "inventory.refresh", Info, "A user asked a server's agent for its inventory; the agent sends it with its next report.";
+    TaskCreated = "task.created", Info, "A user created a remote task for a server (meta.command, meta.timeout_seconds); a fleet task creates one per server.";
+    TaskStarted = "task.started", Info, "The server's agent started a task.";
+    TaskFinished = "task.finished", Info, "A task exited with code 0.";
+    TaskFailed = "task.failed", Error, "A task exited with another code, could not start, was refused by the agent's policy, or got no result within its timeout (meta.error says which).";
+    TaskTimeout = "task.timeout", Warning, "A task ran past its timeout and was killed with its process group.";
+    TaskCancelled = "task.cancelled", Warning, "A task was cancelled: before it started, or killed by its agent on request.";
     WebhookCreated = "webhook.created", Info, "A managed webhook was created.";
     WebhookUpdated = "webhook.updated", Info, "A managed webhook was changed (meta.changes lists what), including secret rotation and enabling.";
     WebhookDeleted = "webhook.deleted", Warning, "A managed webhook was deleted with its queue and delivery log.";

@@ -1,7 +1,6 @@
 //! The fleet: servers, agent reports, the latest state in memory, history and inventory.
 
 pub mod ingest;
-pub mod local;
 pub mod metric;
 pub mod state;
 pub mod validate;
@@ -433,6 +432,24 @@ impl FleetService {
             name: server.name,
             agent_token,
         })
+    }
+
+    /// A server's name, if it exists.
+    pub fn server_name(&self, id: &str) -> Option<String> {
+        self.read().by_id.get(id).map(|e| e.record.name.clone())
+    }
+
+    /// The ids of the servers with this tag, by name.
+    pub fn ids_with_tag(&self, tag: &str) -> Vec<String> {
+        let tag = tag.to_lowercase();
+        let state = self.read();
+        let mut found: Vec<&Entry> = state
+            .by_id
+            .values()
+            .filter(|e| e.record.tags.contains(&tag))
+            .collect();
+        found.sort_by(|a, b| a.record.name.cmp(&b.record.name));
+        found.into_iter().map(|e| e.record.id.clone()).collect()
     }
 
     /// One server's view.
@@ -873,6 +890,8 @@ impl FleetService {
                     accepted: report.samples.len(),
                     interval_secs: answer_interval,
                     requests,
+                    tasks: Vec::new(),
+                    cancel: Vec::new(),
                 })
             }
             Ok(Err(e)) => Err(e),

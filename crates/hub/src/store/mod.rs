@@ -404,6 +404,123 @@ pub trait FleetStore: Send + Sync {
     async fn prune_history(&self, seqs: &[i64], tier: Tier, before: DateTime<Utc>) -> Result<u64>;
 }
 
+/// Where a task stands.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskStatus {
+    /// Waiting for the agent to pick it up.
+    Queued,
+    Running,
+    /// Exited with code 0.
+    Finished,
+    /// Exited with another code, could not start, or was refused by the agent.
+    Failed,
+    /// Killed at its timeout.
+    Timeout,
+    Cancelled,
+    /// No result arrived within its timeout after it started (agent or hub restarted).
+    Interrupted,
+}
+
+impl TaskStatus {
+    /// Every status.
+    pub const ALL: [TaskStatus; 7] = [
+        TaskStatus::Queued,
+        TaskStatus::Running,
+        TaskStatus::Finished,
+        TaskStatus::Failed,
+        TaskStatus::Timeout,
+        TaskStatus::Cancelled,
+        TaskStatus::Interrupted,
+    ];
+
+    /// The wire and database name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskStatus::Queued => "queued",
+            TaskStatus::Running => "running",
+            TaskStatus::Finished => "finished",
+            TaskStatus::Failed => "failed",
+            TaskStatus::Timeout => "timeout",
+            TaskStatus::Cancelled => "cancelled",
+            TaskStatus::Interrupted => "interrupted",
+        }
+    }
+
+    /// Parse a wire or database name.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|v| v.as_str() == s)
+    }
+
+    /// Whether the task is over.
+    pub fn is_final(self) -> bool {
+        !matches!(self, TaskStatus::Queued | TaskStatus::Running)
+    }
+}
+
+/// A task row.
+#[derive(Debug, Clone)]
+pub struct TaskRecord {
+    pub id: String,
+    pub server_id: String,
+    pub command: String,
+    pub timeout_secs: u32,
+    pub store_output: bool,
+    pub status: TaskStatus,
+    pub cancel_requested: bool,
+    pub created_by: Option<String>,
+    pub created_by_name: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub exit_code: Option<i32>,
+    pub stdout: Option<String>,
+    pub stderr: Option<String>,
+    pub output_truncated: bool,
+    pub error: Option<String>,
+}
+
+/// Which tasks to list, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct TaskFilter {
+    pub server_id: Option<String>,
+    pub status: Option<TaskStatus>,
+    /// Only tasks this user created.
+    pub created_by: Option<String>,
+    pub limit: u32,
+    pub offset: u64,
+}
+
+/// Remote tasks.
+#[async_trait]
+pub trait TaskStore: Send + Sync {
+    /// Insert tasks, each with its `task.created` event, in one transaction.
+    async fn insert_tasks(&self, tasks: &[(TaskRecord, Event)]) -> Result<()>;
+    /// One task.
+    async fn task(&self, id: &str) -> Result<Option<TaskRecord>>;
+    /// Tasks matching the filter, newest first, and how many match.
+    async fn list_tasks(&self, filter: &TaskFilter) -> Result<(Vec<TaskRecord>, u64)>;
+    /// A server's queued and running tasks, oldest first.
+    async fn open_tasks(&self, server_id: &str) -> Result<Vec<TaskRecord>>;
+    /// Servers with queued or running tasks.
+    async fn servers_with_open_tasks(&self) -> Result<Vec<String>>;
+    /// Running tasks started before `started_before`, oldest first.
+    async fn running_tasks_started_before(
+        &self,
+        started_before: DateTime<Utc>,
+    ) -> Result<Vec<TaskRecord>>;
+    /// Replace a task's state if it is still in `expected` status, with its event; false when
+    /// another change came first.
+    async fn transition_task(
+        &self,
+        task: &TaskRecord,
+        expected: TaskStatus,
+        event: Option<&Event>,
+    ) -> Result<bool>;
+}
+
 /// How much work is waiting.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct QueueDepths {
@@ -413,7 +530,9 @@ pub struct QueueDepths {
 
 /// A whole backend.
 #[async_trait]
-pub trait Store: UserStore + TokenStore + EventStore + WebhookStore + FleetStore {
+pub trait Store:
+    UserStore + TokenStore + EventStore + WebhookStore + FleetStore + TaskStore
+{
     /// Prove the database answers a read and accepts a write.
     async fn check_ready(&self) -> Result<()>;
     /// The outbox and delivery queue sizes.

@@ -67,7 +67,50 @@ async fn exercise_the_fleet(hub: &TestHub) {
         (!hub.events("event_type=server.offline").await.is_empty()).then_some(())
     })
     .await;
+    exercise_tasks(hub, &id, &token).await;
     let (status, _) = send(hub.request(Method::DELETE, &path, Some(t))).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+/// Tasks that finish, fail, time out and are cancelled, reported as an agent would.
+async fn exercise_tasks(hub: &TestHub, server: &str, agent_token: &str) {
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        let (status, created) = hub
+            .send_json(
+                Method::POST,
+                &format!("/api/servers/{server}/tasks"),
+                &hub.admin_token,
+                json!({ "command": "echo hi" }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{created}");
+        ids.push(created["task_id"].as_str().unwrap().to_string());
+    }
+    let update = |id: &str, body: Value| {
+        hub.client
+            .post(hub.url(&smon_proto::task_update_path(id)))
+            .bearer_auth(agent_token)
+            .json(&body)
+    };
+    let now = chrono::Utc::now();
+    for (id, outcome, code) in [
+        (&ids[0], "exited", Some(0)),
+        (&ids[1], "exited", Some(1)),
+        (&ids[2], "timeout", None),
+    ] {
+        let (status, _) = send(update(id, json!({ "outcome": "running", "at": now }))).await;
+        assert_eq!(status, StatusCode::OK);
+        let body = json!({ "outcome": outcome, "exit_code": code, "at": now });
+        let (status, _) = send(update(id, body)).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let (status, _) = send(hub.request(
+        Method::POST,
+        &format!("/api/tasks/{}/cancel", ids[3]),
+        Some(&hub.admin_token),
+    ))
+    .await;
     assert_eq!(status, StatusCode::OK);
 }
 

@@ -11,5 +11,6 @@ mod metrics;
 mod plugins;
 mod ratelimits;
 mod roles;
+mod tasks;
 mod users;
 mod webhooks;

@@ -248,6 +248,11 @@ impl FleetStore for SqliteStore {
 
     async fn delete_server(&self, seq: i64, event: &Event) -> Result<()> {
         let mut tx = self.write.begin().await?;
+        // Tasks are keyed by the server's id, so they go while the row still says which.
+        sqlx::query("DELETE FROM tasks WHERE server_id = (SELECT id FROM servers WHERE seq = ?)")
+            .bind(seq)
+            .execute(&mut *tx)
+            .await?;
         let done = sqlx::query("DELETE FROM servers WHERE seq = ?")
             .bind(seq)
             .execute(&mut *tx)

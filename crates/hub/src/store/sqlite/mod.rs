@@ -23,6 +23,7 @@ use crate::error::{Error, Result};
 use crate::events::{Event, EventFilter, Severity};
 
 mod fleet;
+mod tasks;
 mod webhooks;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");

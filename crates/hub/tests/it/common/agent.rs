@@ -142,6 +142,7 @@ pub fn report(samples: Vec<Sample>, inventory: Option<Inventory>) -> Value {
         interval_secs: 1,
         samples,
         inventory,
+        tasks_enabled: false,
     })
     .unwrap()
 }
