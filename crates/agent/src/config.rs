@@ -34,6 +34,8 @@ pub struct AgentConfig {
     pub tags: Vec<String>,
     /// Seconds before a request to the hub is abandoned.
     pub request_timeout_secs: u64,
+    /// A PEM file of CA certificates to trust besides the built-in roots (a private CA).
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Default for AgentConfig {
@@ -46,11 +48,12 @@ impl Default for AgentConfig {
             allow_tasks: false,
             task_allowlist: Vec::new(),
             buffer_secs: 7200,
-            max_backoff_secs: 300,
+            max_backoff_secs: 60,
             state_file: PathBuf::from("/var/lib/smon-agent/state.json"),
             name: None,
             tags: Vec::new(),
             request_timeout_secs: 10,
+            ca_file: None,
         }
     }
 }
@@ -104,12 +107,10 @@ impl AgentConfig {
         if self.max_backoff_secs == 0 {
             bail!("max_backoff_secs: must be positive");
         }
+        if !(1..=300).contains(&self.request_timeout_secs) {
+            bail!("request_timeout_secs: must be between 1 and 300");
+        }
         Ok(())
-    }
-
-    /// How many samples the outage buffer holds.
-    pub fn buffer_capacity(&self) -> usize {
-        (self.buffer_secs / u64::from(self.interval_secs.max(1))).max(1) as usize
     }
 }
 
@@ -139,6 +140,8 @@ impl AgentState {
                 .with_context(|| format!("cannot create {}", dir.display()))?;
         }
         let tmp = path.with_extension("tmp");
+        // A leftover from a crash keeps its mode when reopened: start from a new file.
+        let _ = std::fs::remove_file(&tmp);
         {
             use std::io::Write;
             let mut options = std::fs::OpenOptions::new();
@@ -179,7 +182,6 @@ mod tests {
         assert_eq!(c.hub, "http://10.0.0.1:9083");
         assert_eq!(c.interval_secs, 30);
         assert!(!c.allow_tasks, "tasks stay off unless set");
-        assert_eq!(c.buffer_capacity(), 7200 / 30);
         c.validate().unwrap();
 
         std::fs::write(&path, "hub = \"x\"\nintervl = 3\n").unwrap();

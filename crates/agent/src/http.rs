@@ -8,6 +8,9 @@ use smon_proto::{
     TaskUpdate, task_update_path,
 };
 
+use anyhow::Context;
+
+use crate::config::AgentConfig;
 use crate::push::{HubLink, PushError};
 
 /// Reports over HTTP with the agent token.
@@ -18,12 +21,24 @@ pub struct HttpLink {
     authorization: String,
 }
 
-fn client(timeout: Duration) -> anyhow::Result<reqwest::Client> {
-    Ok(reqwest::Client::builder()
+/// The HTTP client of the configuration: its timeout, and its CA file besides the built-in
+/// roots.
+pub fn client(config: &AgentConfig) -> anyhow::Result<reqwest::Client> {
+    let timeout = Duration::from_secs(config.request_timeout_secs);
+    let mut builder = reqwest::Client::builder()
         .user_agent(concat!("smon-agent/", env!("CARGO_PKG_VERSION")))
         .timeout(timeout)
-        .connect_timeout(timeout.min(Duration::from_secs(5)))
-        .build()?)
+        .connect_timeout(timeout.min(Duration::from_secs(5)));
+    if let Some(path) = &config.ca_file {
+        let pem = std::fs::read(path)
+            .with_context(|| format!("ca_file: cannot read {}", path.display()))?;
+        for cert in reqwest::Certificate::from_pem_bundle(&pem)
+            .with_context(|| format!("ca_file: {} holds no PEM certificate", path.display()))?
+        {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    Ok(builder.build()?)
 }
 
 fn endpoint(hub: &str, path: &str) -> String {
@@ -32,9 +47,10 @@ fn endpoint(hub: &str, path: &str) -> String {
 
 impl HttpLink {
     /// A link to the hub at `hub` (its base URL).
-    pub fn new(hub: &str, token: &str, timeout: Duration) -> anyhow::Result<Self> {
+    pub fn new(config: &AgentConfig, token: &str) -> anyhow::Result<Self> {
+        let hub = config.hub.as_str();
         Ok(Self {
-            client: client(timeout)?,
+            client: client(config)?,
             hub: hub.to_string(),
             report_url: endpoint(hub, REPORT_PATH),
             authorization: format!("Bearer {token}"),
@@ -121,12 +137,11 @@ fn without_url(e: reqwest::Error) -> String {
 
 /// Register this machine with the hub's enrollment token; returns its server and agent token.
 pub async fn enroll(
-    hub: &str,
+    config: &AgentConfig,
     request: &EnrollRequest,
-    timeout: Duration,
 ) -> anyhow::Result<EnrollResponse> {
-    let response = client(timeout)?
-        .post(endpoint(hub, ENROLL_PATH))
+    let response = client(config)?
+        .post(endpoint(&config.hub, ENROLL_PATH))
         .json(request)
         .send()
         .await

@@ -41,9 +41,12 @@ struct Cli {
     /// Seconds of samples kept while the hub is unreachable [default: 7200].
     #[arg(long, env = "SMON_AGENT_BUFFER_SECS")]
     buffer_secs: Option<u64>,
-    /// Longest wait between retries, in seconds [default: 300].
+    /// Longest wait between retries, in seconds [default: 60].
     #[arg(long, env = "SMON_AGENT_MAX_BACKOFF_SECS")]
     max_backoff_secs: Option<u64>,
+    /// A PEM file of CA certificates to trust besides the built-in roots.
+    #[arg(long, env = "SMON_AGENT_CA_FILE")]
+    ca_file: Option<PathBuf>,
     /// Where an enrolled agent keeps its token [default: /var/lib/smon-agent/state.json].
     #[arg(long, env = "SMON_AGENT_STATE_FILE")]
     state_file: Option<PathBuf>,
@@ -92,6 +95,9 @@ impl Cli {
         if let Some(v) = self.max_backoff_secs {
             c.max_backoff_secs = v;
         }
+        if let Some(v) = self.ca_file {
+            c.ca_file = Some(v);
+        }
         if let Some(v) = self.state_file {
             c.state_file = v;
         }
@@ -136,8 +142,7 @@ async fn resolve_token(config: &AgentConfig, enrollment: Option<String>) -> anyh
         name,
         tags: config.tags.clone(),
     };
-    let timeout = Duration::from_secs(config.request_timeout_secs);
-    let answer = enroll(&config.hub, &request, timeout).await?;
+    let answer = enroll(config, &request).await?;
     AgentState {
         server_id: answer.server_id.clone(),
         agent_token: answer.agent_token.clone(),
@@ -167,14 +172,10 @@ async fn main() -> anyhow::Result<()> {
     }
     config.validate()?;
     let token = resolve_token(&config, enrollment).await?;
-    let link = HttpLink::new(
-        &config.hub,
-        &token,
-        Duration::from_secs(config.request_timeout_secs),
-    )?;
+    let link = HttpLink::new(&config, &token)?;
     let settings = PushSettings {
         interval: Duration::from_secs(u64::from(config.interval_secs)),
-        buffer_capacity: config.buffer_capacity(),
+        buffer: Duration::from_secs(config.buffer_secs),
         max_backoff: Duration::from_secs(config.max_backoff_secs),
         initial_jitter: true,
         tasks: smon_agent::tasks::TaskPolicy {

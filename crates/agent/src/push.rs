@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use rand::Rng;
 use smon_proto::{
-    Inventory, MAX_REPORT_BYTES, MAX_SAMPLES_PER_REPORT, PROTOCOL_VERSION, REQUEST_INVENTORY,
-    Report, ReportResponse, Sample, TaskUpdate,
+    Inventory, MAX_LIST_ITEMS, MAX_REPORT_BYTES, MAX_SAMPLES_PER_REPORT, MAX_TEXT_BYTES,
+    PROTOCOL_VERSION, REQUEST_INVENTORY, Report, ReportResponse, Sample, TaskUpdate,
 };
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -74,7 +74,8 @@ impl Source for Collector {
 #[derive(Debug, Clone)]
 pub struct PushSettings {
     pub interval: Duration,
-    pub buffer_capacity: usize,
+    /// How much time the outage buffer covers (its size follows the interval).
+    pub buffer: Duration,
     pub max_backoff: Duration,
     /// Delay the first sample by a random part of the interval, so agents started together
     /// do not report together.
@@ -109,6 +110,20 @@ impl Backlog {
             self.dropped += 1;
         }
         self.samples.push_back(sample);
+    }
+
+    /// How many samples it holds at most.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Change how many samples it holds, dropping the oldest if it now holds too many.
+    pub fn set_capacity(&mut self, capacity: usize) {
+        self.capacity = capacity.max(1);
+        while self.samples.len() > self.capacity {
+            self.samples.pop_front();
+            self.dropped += 1;
+        }
     }
 
     /// How many samples wait.
@@ -147,10 +162,8 @@ impl Backlog {
 /// How long to wait after `failures` consecutive failures: doubling from the interval up to
 /// `cap`, with ±20 % jitter so agents cut off together do not come back together.
 pub fn backoff(interval: Duration, failures: u32, cap: Duration) -> Duration {
-    let base = interval
-        .saturating_mul(1u32 << failures.saturating_sub(1).min(16))
-        .min(cap);
-    base.mul_f64(rand::rng().random_range(0.8..1.2))
+    let base = interval.saturating_mul(1u32 << failures.saturating_sub(1).min(16));
+    base.mul_f64(rand::rng().random_range(0.8..1.2)).min(cap)
 }
 
 /// Inventory is compared with the last one sent every this many samples.
@@ -169,7 +182,10 @@ pub async fn run<L: HubLink, S: Source>(
     let tasks = Tasks::new(link.clone(), settings.tasks.clone(), shutdown.clone());
     let mut source = Some(source);
     let mut interval = settings.interval;
-    let mut backlog = Backlog::new(settings.buffer_capacity);
+    let capacity = |interval: Duration| {
+        (settings.buffer.as_secs_f64() / interval.as_secs_f64().max(1.0)).ceil() as usize
+    };
+    let mut backlog = Backlog::new(capacity(interval));
     let mut pending_inventory: Option<Inventory> = None;
     let mut last_inventory: Option<Inventory> = None;
     let mut failures = 0u32;
@@ -193,7 +209,8 @@ pub async fn run<L: HubLink, S: Source>(
 
         let check_inventory = last_inventory.is_none() || ticks % INVENTORY_CHECK_EVERY == 0;
         ticks += 1;
-        let (returned, sample, inventory) = match collect(source.take(), check_inventory).await {
+        let (returned, mut sample, inventory) = match collect(source.take(), check_inventory).await
+        {
             Some(v) => v,
             None => {
                 tracing::error!("the collector panicked; stopping");
@@ -201,8 +218,10 @@ pub async fn run<L: HubLink, S: Source>(
             }
         };
         source = Some(returned);
+        fit_sample(&mut sample);
         backlog.push(sample);
-        if let Some(inv) = inventory {
+        if let Some(mut inv) = inventory {
+            fit_inventory(&mut inv);
             if last_inventory.as_ref() != Some(&inv) {
                 pending_inventory = Some(inv);
             }
@@ -221,6 +240,7 @@ pub async fn run<L: HubLink, S: Source>(
                 protocol: PROTOCOL_VERSION,
                 agent_version: crate::VERSION.to_string(),
                 interval_secs: interval.as_secs().max(1) as u32,
+                default_interval_secs: Some(settings.interval.as_secs().max(1) as u32),
                 samples,
                 inventory: pending_inventory.clone(),
                 tasks_enabled: tasks.enabled(),
@@ -249,6 +269,7 @@ pub async fn run<L: HubLink, S: Source>(
                             "the hub set a new interval"
                         );
                         interval = wanted;
+                        backlog.set_capacity(capacity(interval));
                     }
                     if answer.requests.iter().any(|r| r == REQUEST_INVENTORY) {
                         let (returned, inv) = match inventory_now(source.take()).await {
@@ -259,6 +280,8 @@ pub async fn run<L: HubLink, S: Source>(
                             }
                         };
                         source = Some(returned);
+                        let mut inv = inv;
+                        fit_inventory(&mut inv);
                         pending_inventory = Some(inv);
                     }
                 }
@@ -282,12 +305,73 @@ pub async fn run<L: HubLink, S: Source>(
                 }
             }
         }
-        if backlog.dropped > 0 && backlog.len() == settings.buffer_capacity {
+        if backlog.dropped > 0 && backlog.len() == backlog.capacity() {
             tracing::warn!(
                 dropped = backlog.dropped,
                 "outage buffer full; oldest samples dropped"
             );
         }
+    }
+}
+
+/// A text the hub accepts: control characters replaced, cut at the protocol's bound.
+fn fit_text(s: &mut String) {
+    if s.chars().any(char::is_control) {
+        *s = s
+            .chars()
+            .map(|c| if c.is_control() { '?' } else { c })
+            .collect();
+    }
+    if s.len() > MAX_TEXT_BYTES {
+        let mut end = MAX_TEXT_BYTES;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+}
+
+/// Bring a sample within the protocol's limits, so an odd machine (a mount point with a
+/// newline, a container host with thousands of interfaces) still gets its samples stored.
+pub fn fit_sample(s: &mut Sample) {
+    s.cpu_per_core.truncate(MAX_LIST_ITEMS * 4);
+    s.filesystems.truncate(MAX_LIST_ITEMS);
+    s.network.truncate(MAX_LIST_ITEMS);
+    s.temperatures.truncate(MAX_LIST_ITEMS);
+    for f in &mut s.filesystems {
+        fit_text(&mut f.mount);
+        fit_text(&mut f.fs_type);
+    }
+    for n in &mut s.network {
+        fit_text(&mut n.name);
+    }
+    for t in &mut s.temperatures {
+        fit_text(&mut t.label);
+    }
+}
+
+/// Bring an inventory within the protocol's limits.
+pub fn fit_inventory(i: &mut Inventory) {
+    for text in [
+        &mut i.hostname,
+        &mut i.os_name,
+        &mut i.os_version,
+        &mut i.kernel,
+        &mut i.arch,
+        &mut i.cpu_model,
+        &mut i.agent_version,
+    ] {
+        fit_text(text);
+    }
+    i.filesystems.truncate(MAX_LIST_ITEMS);
+    for f in &mut i.filesystems {
+        fit_text(&mut f.mount);
+        fit_text(&mut f.fs_type);
+        fit_text(&mut f.device);
+    }
+    i.ip_addresses.truncate(MAX_LIST_ITEMS);
+    for a in &mut i.ip_addresses {
+        fit_text(a);
     }
 }
 
@@ -343,6 +427,25 @@ mod tests {
     }
 
     #[test]
+    fn odd_machines_are_fitted_within_the_protocol_limits() {
+        let mut s = sample(1);
+        s.filesystems = (0..2000)
+            .map(|i| smon_proto::FilesystemUsage {
+                mount: format!("/mnt/with\nnewline{i}{}", "é".repeat(600)),
+                fs_type: "ext4".into(),
+                total: 10,
+                used: 1,
+            })
+            .collect();
+        fit_sample(&mut s);
+        assert_eq!(s.filesystems.len(), MAX_LIST_ITEMS);
+        let m = &s.filesystems[0].mount;
+        assert!(
+            m.len() <= MAX_TEXT_BYTES && !m.contains('\n') && m.starts_with("/mnt/with?newline0")
+        );
+    }
+
+    #[test]
     fn a_full_backlog_drops_the_oldest_and_counts_them() {
         let mut b = Backlog::new(3);
         for i in 0..5 {
@@ -380,6 +483,9 @@ mod tests {
         let third = backoff(i, 3, cap);
         assert!(third >= Duration::from_secs(32) && third <= Duration::from_secs(48));
         let late = backoff(i, 40, cap);
-        assert!(late >= Duration::from_secs(240) && late <= Duration::from_secs(360));
+        assert!(
+            late >= Duration::from_secs(240) && late <= cap,
+            "never past the cap"
+        );
     }
 }

@@ -143,10 +143,7 @@ impl Hub {
             .await
             .map_err(|e| with_cause(e).context("creating the first admin"))?;
 
-        let local_server_name = match &local_server {
-            Some(id) => Some(fleet.get(id).map_err(with_cause)?.server.name),
-            None => None,
-        };
+        let local_server_name = local_server.as_deref().and_then(|id| fleet.server_name(id));
         let state = AppState {
             auth,
             users,

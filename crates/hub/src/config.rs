@@ -122,6 +122,9 @@ pub struct FleetConfig {
     pub minute_retention_days: u64,
     /// How long 1-hour rollups are kept.
     pub hour_retention_days: u64,
+    /// After the hub starts, servers get this long (or their offline threshold, if longer)
+    /// to report again before they count as offline: agents back off while the hub is down.
+    pub startup_grace_secs: u64,
     /// Sampling interval of the hub's own agent.
     pub local_agent_interval_secs: u32,
     /// Whether the hub's own agent runs tasks (like an agent's `allow_tasks`).
@@ -137,6 +140,7 @@ impl Default for FleetConfig {
             raw_retention_hours: 48,
             minute_retention_days: 30,
             hour_retention_days: 730,
+            startup_grace_secs: 90,
             local_agent_interval_secs: 10,
             local_agent_allow_tasks: false,
         }
@@ -391,6 +395,8 @@ impl Config {
         if let Some(token) = env.get("SMON_ENROLLMENT_TOKEN") {
             config.enrollment_token = Secret(token.clone());
         }
+        // Like the metrics token: a trailing newline from a file or a shell does no harm.
+        config.enrollment_token = Secret(config.enrollment_token.expose().trim().to_string());
         config.validate()?;
         Ok(config)
     }
@@ -503,7 +509,7 @@ impl Config {
             }
         }
         let token = self.enrollment_token.expose();
-        if !token.is_empty() && token.len() < 16 {
+        if !token.is_empty() && token.chars().count() < 16 {
             return invalid("enrollment_token: must be at least 16 characters".into());
         }
         if self.max_body_bytes < 1024 {

@@ -62,7 +62,7 @@ pub async fn run(
     let interval = Duration::from_secs(u64::from(fleet.config().local_agent_interval_secs));
     let settings = PushSettings {
         interval,
-        buffer_capacity: (7200 / interval.as_secs().max(1)) as usize,
+        buffer: Duration::from_secs(7200),
         max_backoff: Duration::from_secs(60),
         initial_jitter: false,
         tasks: TaskPolicy {

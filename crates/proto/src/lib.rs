@@ -18,6 +18,12 @@ pub const MAX_REPORT_BYTES: usize = 256 * 1024;
 pub const MAX_SAMPLES_PER_REPORT: usize = 360;
 /// The request the hub makes when it wants the agent's inventory.
 pub const REQUEST_INVENTORY: &str = "inventory";
+/// Most entries in one list of a sample or an inventory (filesystems, interfaces, sensors,
+/// addresses); per-core CPU allows four times as many.
+pub const MAX_LIST_ITEMS: usize = 1024;
+/// Longest text field (mount point, interface name, label, OS name…), in bytes; no control
+/// characters.
+pub const MAX_TEXT_BYTES: usize = 1024;
 /// Largest stdout or stderr a task result carries, in bytes (the rest is cut).
 pub const MAX_TASK_OUTPUT: usize = 64 * 1024;
 
@@ -36,6 +42,10 @@ pub struct Report {
     pub agent_version: String,
     /// How often the agent collects, in seconds (the hub's offline detection counts in it).
     pub interval_secs: u32,
+    /// The interval of the agent's own configuration, which it returns to when the hub stops
+    /// asking for another one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_interval_secs: Option<u32>,
     /// Samples oldest first: one normally, many when backfilling after an outage.
     pub samples: Vec<Sample>,
     /// Sent at start, when it changed, and when the hub asked for it.

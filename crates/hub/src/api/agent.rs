@@ -34,7 +34,8 @@ async fn read_json<T: serde::de::DeserializeOwned>(headers: &HeaderMap, body: Bo
         .is_some_and(|v| {
             v.split(';')
                 .next()
-                .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
+                .map(|m| m.trim().to_ascii_lowercase())
+                .is_some_and(|m| m == "application/json" || m.ends_with("+json"))
         });
     if !is_json {
         return Err(Error::UnsupportedMediaType(

@@ -65,23 +65,14 @@ pub async fn run_writer(
             }
         }
         let writes: Vec<FleetWrite> = items.iter_mut().flat_map(|i| i.writes.drain(..)).collect();
-        let samples: usize = writes
-            .iter()
-            .map(|w| match w {
-                FleetWrite::Report(r) => r.samples.len(),
-                FleetWrite::Status { .. } => 0,
-            })
-            .sum();
         let result = store.write_fleet(&writes).await;
         metrics.batches.fetch_add(1, Ordering::Relaxed);
         metrics
             .batch_items
             .fetch_add(items.len() as u64, Ordering::Relaxed);
         match &result {
-            Ok(()) => {
-                metrics
-                    .samples_stored
-                    .fetch_add(samples as u64, Ordering::Relaxed);
+            Ok(stored) => {
+                metrics.samples_stored.fetch_add(*stored, Ordering::Relaxed);
             }
             Err(e) => {
                 metrics.write_errors.fetch_add(1, Ordering::Relaxed);
@@ -91,7 +82,7 @@ pub async fn run_writer(
         for item in items {
             if let Some(ack) = item.ack {
                 let _ = ack.send(match &result {
-                    Ok(()) => Ok(()),
+                    Ok(_) => Ok(()),
                     Err(_) => Err(Error::Unavailable(
                         "the hub cannot store reports right now; retry later".into(),
                     )),

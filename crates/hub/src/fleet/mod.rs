@@ -372,12 +372,15 @@ impl FleetService {
             return Ok(e.record.id.clone());
         }
         let taken = |name: &str| self.read().by_id.values().any(|e| e.record.name == name);
-        let base = validate::server_name(hostname).unwrap_or_else(|_| "hub".into());
-        let name = if taken(&base) {
-            format!("{base} (hub)")
-        } else {
-            base
-        };
+        let base: String = validate::server_name(hostname)
+            .unwrap_or_else(|_| "hub".into())
+            .chars()
+            .take(80)
+            .collect();
+        let name = std::iter::once(base.clone())
+            .chain((1..).map(|n| format!("{base} (hub {n})")))
+            .find(|n| !taken(n))
+            .expect("an unused name exists");
         let now = Utc::now();
         let record = ServerRecord {
             seq: 0,
@@ -413,7 +416,7 @@ impl FleetService {
             ));
         };
         // Comparing digests leaks nothing about the token through timing.
-        if token::digest(&req.enrollment_token) != *expected {
+        if token::digest(req.enrollment_token.trim()) != *expected {
             return Err(Error::Unauthorized("wrong enrollment token".into()));
         }
         let (server, agent_token) = self
@@ -511,49 +514,32 @@ impl FleetService {
                     .is_none_or(|s| e.record.name.to_lowercase().contains(s.as_str()))
             })
             .collect();
-        let by_value = |m: Metric| {
-            move |a: &&Entry, b: &&Entry| {
-                // Servers without the value sort last either way round.
-                let (a, b) = (a.value(m), b.value(m));
-                match (a, b) {
-                    (Some(a), Some(b)) => a.total_cmp(&b),
-                    (Some(_), None) => std::cmp::Ordering::Less,
-                    (None, Some(_)) => std::cmp::Ordering::Greater,
-                    (None, None) => std::cmp::Ordering::Equal,
-                }
-            }
+        use std::cmp::Ordering;
+        // Descending reverses the order of the key, never where servers without a value go:
+        // they stay last. Ties are broken by name, ascending.
+        let directed = |o: Ordering| if descending { o.reverse() } else { o };
+        let by_value = |a: &Entry, b: &Entry, m: Metric| match (a.value(m), b.value(m)) {
+            (Some(x), Some(y)) => directed(x.total_cmp(&y)),
+            (Some(_), None) => Ordering::Less,
+            (None, Some(_)) => Ordering::Greater,
+            (None, None) => Ordering::Equal,
         };
-        let name = |a: &&Entry, b: &&Entry| a.record.name.cmp(&b.record.name);
-        match key {
-            "status" => rows.sort_by(|a, b| {
-                a.record
-                    .status
-                    .as_str()
-                    .cmp(b.record.status.as_str())
-                    .then_with(|| name(a, b))
-            }),
-            "last_seen" => rows.sort_by(|a, b| {
-                a.record
-                    .last_seen_at
-                    .cmp(&b.record.last_seen_at)
-                    .then_with(|| name(a, b))
-            }),
-            "cpu" => rows.sort_by(|a, b| by_value(Metric::Cpu)(a, b).then_with(|| name(a, b))),
-            "memory" => {
-                rows.sort_by(|a, b| by_value(Metric::Memory)(a, b).then_with(|| name(a, b)))
-            }
-            "disk" => rows.sort_by(|a, b| by_value(Metric::Disk)(a, b).then_with(|| name(a, b))),
-            "created" => rows.sort_by(|a, b| {
-                a.record
-                    .created_at
-                    .cmp(&b.record.created_at)
-                    .then_with(|| name(a, b))
-            }),
-            _ => rows.sort_by(name),
-        }
-        if descending {
-            rows.reverse();
-        }
+        rows.sort_by(|a, b| {
+            let (ra, rb) = (&a.record, &b.record);
+            let primary = match key {
+                "status" => directed(ra.status.as_str().cmp(rb.status.as_str())),
+                "last_seen" => match (ra.last_seen_at, rb.last_seen_at) {
+                    (Some(x), Some(y)) => directed(x.cmp(&y)),
+                    (x, y) => y.is_none().cmp(&x.is_none()).reverse(),
+                },
+                "cpu" => by_value(a, b, Metric::Cpu),
+                "memory" => by_value(a, b, Metric::Memory),
+                "disk" => by_value(a, b, Metric::Disk),
+                "created" => directed(ra.created_at.cmp(&rb.created_at)),
+                _ => directed(ra.name.cmp(&rb.name)),
+            };
+            primary.then_with(|| ra.name.cmp(&rb.name))
+        });
         let total = rows.len();
         let servers: Vec<ServerView> = rows
             .into_iter()
@@ -826,14 +812,16 @@ impl FleetService {
             Error::Unavailable("the hub is busy storing reports; retry later".into())
         })?;
         let (ack, done) = oneshot::channel();
-        let (answer_interval, requests) = {
+        let (answer_interval, requests, came_online) = {
             let mut state = self.write();
             let entry = state
                 .by_id
                 .get_mut(id)
                 .ok_or_else(|| Error::Unauthorized("this agent's server was deleted".into()))?;
             let mut writes = Vec::with_capacity(2);
-            if entry.record.status != ServerStatus::Online {
+            let came_online =
+                (entry.record.status != ServerStatus::Online).then_some(entry.record.status);
+            if came_online.is_some() {
                 let event =
                     server_event(EventType::ServerOnline, &Origin::default(), &entry.record)
                         .meta("previous_status", entry.record.status.as_str())
@@ -873,18 +861,46 @@ impl FleetService {
                 agent_interval_secs: report.interval_secs,
                 inventory,
             }));
+            entry.in_flight += 1;
             // Sent under the lock, so the writer sees status changes in the order they happened.
             permit.send(WriterItem {
                 writes,
                 ack: Some(ack),
             });
-            (
-                entry.record.interval_secs.unwrap_or(report.interval_secs),
-                requests,
-            )
+            let interval = entry
+                .record
+                .interval_secs
+                .or(report.default_interval_secs)
+                .unwrap_or(report.interval_secs);
+            (interval, requests, came_online)
         };
-        match done.await {
-            Ok(Ok(())) => {
+        let stored = match done.await {
+            Ok(result) => result,
+            Err(_) => Err(Error::Unavailable(
+                "the hub is stopping; retry later".into(),
+            )),
+        };
+        {
+            let mut state = self.write();
+            if let Some(entry) = state.by_id.get_mut(id) {
+                entry.in_flight = entry.in_flight.saturating_sub(1);
+                // Nothing was written: undo what the answer would have told, so the agent's
+                // retry brings the server online (with its event) and gets the inventory
+                // request again.
+                if stored.is_err() {
+                    if let Some(previous) = came_online {
+                        if entry.record.status == ServerStatus::Online {
+                            entry.record.status = previous;
+                        }
+                    }
+                    if !requests.is_empty() {
+                        entry.inventory_requested = true;
+                    }
+                }
+            }
+        }
+        match stored {
+            Ok(()) => {
                 metrics.reports_accepted.fetch_add(1, Ordering::Relaxed);
                 Ok(ReportResponse {
                     accepted: report.samples.len(),
@@ -894,10 +910,7 @@ impl FleetService {
                     cancel: Vec::new(),
                 })
             }
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err(Error::Unavailable(
-                "the hub is stopping; retry later".into(),
-            )),
+            Err(e) => Err(e),
         }
     }
 
@@ -908,28 +921,52 @@ impl FleetService {
         };
         let now = Utc::now();
         let threshold = self.inner.config.offline_after_intervals;
-        let mut state = self.write();
-        let mut writes = Vec::new();
-        for id in state.overdue(now, self.inner.started_at, threshold) {
-            let Some(e) = state.by_id.get_mut(&id) else {
-                continue;
-            };
-            let silent = e.record.last_seen_at.map(|t| (now - t).num_seconds());
-            let event = server_event(EventType::ServerOffline, &Origin::default(), &e.record)
-                .meta("last_seen_secs_ago", silent)
-                .meta("missed_intervals", threshold);
-            e.record.status = ServerStatus::Offline;
-            writes.push(FleetWrite::Status {
-                seq: e.record.seq,
-                status: ServerStatus::Offline,
-                event: Box::new(event),
+        let (ack, done) = oneshot::channel();
+        let went_offline: Vec<String> = {
+            let mut state = self.write();
+            let mut writes = Vec::new();
+            let mut ids = Vec::new();
+            let started = self.inner.started_at;
+            let grace = Duration::seconds(self.inner.config.startup_grace_secs as i64);
+            for id in state.overdue(now, started, started + grace, threshold) {
+                let Some(e) = state.by_id.get_mut(&id) else {
+                    continue;
+                };
+                let silent = e.record.last_seen_at.map(|t| (now - t).num_seconds());
+                let event = server_event(EventType::ServerOffline, &Origin::default(), &e.record)
+                    .meta("last_seen_secs_ago", silent)
+                    .meta("missed_intervals", threshold);
+                e.record.status = ServerStatus::Offline;
+                writes.push(FleetWrite::Status {
+                    seq: e.record.seq,
+                    status: ServerStatus::Offline,
+                    event: Box::new(event),
+                });
+                ids.push(id);
+            }
+            if ids.is_empty() {
+                return 0;
+            }
+            // Sent under the lock, like reports: the writer keeps the order of status changes.
+            permit.send(WriterItem {
+                writes,
+                ack: Some(ack),
             });
+            ids
+        };
+        if !matches!(done.await, Ok(Ok(()))) {
+            // Not recorded: let the next check find them again.
+            let mut state = self.write();
+            for id in &went_offline {
+                if let Some(e) = state.by_id.get_mut(id) {
+                    if e.record.status == ServerStatus::Offline {
+                        e.record.status = ServerStatus::Online;
+                    }
+                }
+            }
+            return 0;
         }
-        let n = writes.len();
-        if n > 0 {
-            permit.send(WriterItem { writes, ack: None });
-        }
-        n
+        went_offline.len()
     }
 
     /// Delete history older than each tier's retention.

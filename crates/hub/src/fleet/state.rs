@@ -19,6 +19,9 @@ pub struct Entry {
     pub values: MetricValues,
     /// The hub wants the inventory with the next report.
     pub inventory_requested: bool,
+    /// Reports accepted in memory whose commit has not been confirmed yet: offline detection
+    /// leaves such a server alone.
+    pub in_flight: u32,
 }
 
 impl Entry {
@@ -37,6 +40,7 @@ impl Entry {
             latest,
             values,
             inventory_requested: false,
+            in_flight: 0,
         }
     }
 
@@ -90,17 +94,21 @@ impl FleetState {
     }
 
     /// When a server stops being online: `offline_after` of its intervals after it was last
-    /// seen, counted from `since` at the earliest (the hub's start: agents need time to come
-    /// back after an outage of the hub).
+    /// seen, counted from `since` at the earliest (the hub's start), and not before
+    /// `not_before` (agents back off while the hub is down and need time to come back).
     pub fn overdue(
         &self,
         now: DateTime<Utc>,
         since: DateTime<Utc>,
+        not_before: DateTime<Utc>,
         offline_after: u32,
     ) -> Vec<String> {
+        if now < not_before {
+            return Vec::new();
+        }
         self.by_id
             .values()
-            .filter(|e| e.record.status == ServerStatus::Online)
+            .filter(|e| e.record.status == ServerStatus::Online && e.in_flight == 0)
             .filter(|e| {
                 let interval = i64::from(e.interval_secs().unwrap_or(10));
                 let seen = e.record.last_seen_at.unwrap_or(since).max(since);

@@ -1,14 +1,15 @@
 //! What a report must satisfy before anything of it is written.
 
 use chrono::{DateTime, Duration, Utc};
-use smon_proto::{Inventory, MAX_SAMPLES_PER_REPORT, PROTOCOL_VERSION, Report, Sample};
+use smon_proto::{
+    Inventory, MAX_LIST_ITEMS as MAX_ITEMS, MAX_SAMPLES_PER_REPORT, MAX_TEXT_BYTES as MAX_TEXT,
+    PROTOCOL_VERSION, Report, Sample,
+};
 
 use crate::error::{Error, Result};
 
 /// How far in the future a sample may be dated (clocks drift).
 pub const MAX_CLOCK_SKEW: Duration = Duration::minutes(5);
-const MAX_ITEMS: usize = 1024;
-const MAX_TEXT: usize = 1024;
 
 fn finite(field: &str, v: f64) -> Result<f64> {
     if v.is_finite() {
@@ -87,10 +88,15 @@ pub fn report(r: &Report, now: DateTime<Utc>, oldest: DateTime<Utc>) -> Result<(
         ));
     }
     if r.agent_version.is_empty() || r.agent_version.len() > 64 {
-        return Err(Error::invalid(
-            "agent_version",
-            "must be 1 to 64 characters",
-        ));
+        return Err(Error::invalid("agent_version", "must be 1 to 64 bytes"));
+    }
+    if let Some(d) = r.default_interval_secs {
+        if !(1..=3600).contains(&d) {
+            return Err(Error::invalid(
+                "default_interval_secs",
+                "must be between 1 and 3600",
+            ));
+        }
     }
     text("agent_version", &r.agent_version)?;
     count("samples", r.samples.len(), MAX_SAMPLES_PER_REPORT)?;

@@ -387,8 +387,9 @@ pub trait FleetStore: Send + Sync {
     async fn update_server(&self, server: &ServerRecord, event: &Event) -> Result<()>;
     /// Delete a server with its inventory and history; `NotFound` when it is gone.
     async fn delete_server(&self, seq: i64, event: &Event) -> Result<()>;
-    /// Apply writes in order in one transaction. Reports of a deleted server are skipped.
-    async fn write_fleet(&self, writes: &[FleetWrite]) -> Result<()>;
+    /// Apply writes in order in one transaction; returns how many samples were new (a sample
+    /// already stored, or of a server deleted meanwhile, is skipped).
+    async fn write_fleet(&self, writes: &[FleetWrite]) -> Result<u64>;
     /// A server's inventory: when last received, when it last changed, and the JSON.
     async fn inventory(&self, seq: i64) -> Result<Option<(DateTime<Utc>, DateTime<Utc>, String)>>;
     /// A metric's history of one server within `[from, to]`, oldest first.

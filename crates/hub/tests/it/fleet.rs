@@ -909,3 +909,98 @@ async fn smon_serve_shows_this_machine_online_out_of_the_box() {
     crate::common::process::sigterm(&child);
     assert!(crate::common::process::wait_exit(&mut child, Duration::from_secs(10)).success());
 }
+
+#[tokio::test]
+async fn servers_without_a_value_sort_last_both_ways() {
+    let hub = TestHub::start().await;
+    let (_, low) = hub.create_server("low", &[]).await;
+    let (_, high) = hub.create_server("high", &[]).await;
+    hub.create_server("silent", &[]).await;
+    for (token, cpu) in [(&low, 10.0), (&high, 90.0)] {
+        let body = agent::report(vec![agent::sample(Utc::now(), cpu)], None);
+        assert_eq!(hub.post_report(token, &body).await.0, StatusCode::OK);
+    }
+    for (sort, expected) in [
+        ("cpu", ["low", "high", "silent"]),
+        ("-cpu", ["high", "low", "silent"]),
+        ("last_seen", ["low", "high", "silent"]),
+        ("-name", ["silent", "low", "high"]),
+    ] {
+        let (status, page) = hub
+            .get(&format!("/api/servers?sort={sort}"), &hub.admin_token)
+            .await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        let names: Vec<&str> = page["servers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, expected, "sort={sort}");
+    }
+    assert_error(
+        &hub.get("/api/servers?sort=bogus", &hub.admin_token).await,
+        StatusCode::BAD_REQUEST,
+        "sort",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_the_database_cannot_take_gets_503_and_its_retry_brings_the_server_online() {
+    let hub = TestHub::start().await;
+    let (id, token) = hub.create_server("busy-1", &[]).await;
+    let body = agent::report(vec![agent::sample(Utc::now(), 3.0)], None);
+    let mut locker = crate::common::process::hold_write_lock(&hub.data_dir().join("smon.db"));
+    let got = hub.post_report(&token, &body).await;
+    assert_error(&got, StatusCode::SERVICE_UNAVAILABLE, "retry later");
+    // Nothing the agent was not told was kept: the server is still waiting for its first report.
+    assert_eq!(hub.server(&id).await["status"], "unknown");
+    locker.kill().unwrap();
+    locker.wait().unwrap();
+
+    let (status, _) = hub.post_report(&token, &body).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(hub.server(&id).await["status"], "online");
+    let online = hub.events("event_type=server.online").await;
+    assert_eq!(
+        online.len(),
+        1,
+        "the retry emitted the event the failed write lost"
+    );
+    assert_eq!(
+        raw_points(&hub, &id, Utc::now() - chrono::Duration::minutes(1))
+            .await
+            .len(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn clearing_a_servers_interval_returns_the_agent_to_its_own() {
+    let hub = TestHub::start().await;
+    let (id, token) = hub.create_server("iv-1", &[]).await;
+    let path = format!("/api/servers/{id}");
+    hub.send_json(
+        Method::PUT,
+        &path,
+        &hub.admin_token,
+        json!({ "interval_secs": 30 }),
+    )
+    .await;
+    // The agent now runs at 30 s; its own configuration says 10 s.
+    let mut body = agent::report(vec![agent::sample(Utc::now(), 1.0)], None);
+    body["interval_secs"] = json!(30);
+    body["default_interval_secs"] = json!(10);
+    let (_, answer) = hub.post_report(&token, &body).await;
+    assert_eq!(answer["interval_secs"], 30);
+    hub.send_json(
+        Method::PUT,
+        &path,
+        &hub.admin_token,
+        json!({ "interval_secs": null }),
+    )
+    .await;
+    body["samples"][0]["ts"] = json!(Utc::now() + chrono::Duration::milliseconds(5));
+    let (_, answer) = hub.post_report(&token, &body).await;
+    assert_eq!(answer["interval_secs"], 10);
+}

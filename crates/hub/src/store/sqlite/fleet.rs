@@ -272,7 +272,8 @@ impl FleetStore for SqliteStore {
         Ok(())
     }
 
-    async fn write_fleet(&self, writes: &[FleetWrite]) -> Result<()> {
+    async fn write_fleet(&self, writes: &[FleetWrite]) -> Result<u64> {
+        let mut stored = 0;
         let sql = statements();
         let mut minutes = Buckets::new();
         let mut hours = Buckets::new();
@@ -310,6 +311,7 @@ impl FleetStore for SqliteStore {
                         }
                         // A sample sent twice (its answer was lost) is stored and counted once.
                         if q.execute(&mut *tx).await?.rows_affected() == 1 {
+                            stored += 1;
                             add_to(&mut minutes, r.seq, MINUTE_MS, ts, values);
                             add_to(&mut hours, r.seq, HOUR_MS, ts, values);
                         }
@@ -349,7 +351,7 @@ impl FleetStore for SqliteStore {
         if wrote_event {
             self.new_events.notify_one();
         }
-        Ok(())
+        Ok(stored)
     }
 
     async fn inventory(&self, seq: i64) -> Result<Option<(DateTime<Utc>, DateTime<Utc>, String)>> {

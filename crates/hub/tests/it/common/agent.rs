@@ -140,6 +140,7 @@ pub fn report(samples: Vec<Sample>, inventory: Option<Inventory>) -> Value {
         protocol: PROTOCOL_VERSION,
         agent_version: "0.0.0-test".into(),
         interval_secs: 1,
+        default_interval_secs: None,
         samples,
         inventory,
         tasks_enabled: false,

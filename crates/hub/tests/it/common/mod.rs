@@ -62,6 +62,8 @@ pub fn test_config(data_dir: &Path) -> Config {
     // The hub's own agent would add a server and events to every test; its test turns it on.
     config.local_agent = false;
     config.fleet.local_agent_interval_secs = 1;
+    // Offline detection tests cannot wait out the grace a restarted hub gives agents.
+    config.fleet.startup_grace_secs = 0;
     config
 }
 
