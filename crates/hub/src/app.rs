@@ -8,6 +8,7 @@ use anyhow::Context;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::alerts::AlertService;
 use crate::api::ratelimit::RateLimits;
 use crate::auth::AuthService;
 use crate::config::Config;
@@ -39,6 +40,7 @@ pub struct AppState {
     pub webhooks: WebhookService,
     pub fleet: FleetService,
     pub tasks: TaskService,
+    pub alerts: AlertService,
     pub http_metrics: Arc<HttpMetrics>,
     pub limits: Arc<RateLimits>,
 }
@@ -129,6 +131,10 @@ impl Hub {
         let tasks = TaskService::load(store.clone(), fleet.clone(), &config.tasks)
             .await
             .map_err(with_cause)?;
+        let alerts = AlertService::load(store.clone(), fleet.clone())
+            .await
+            .map_err(with_cause)?;
+        let observations = fleet.observe();
         let local_server = if config.local_agent {
             let hostname = sysinfo::System::host_name().unwrap_or_else(|_| "hub".into());
             Some(fleet.ensure_local(&hostname).await.map_err(with_cause)?)
@@ -153,6 +159,7 @@ impl Hub {
             webhooks: webhooks.clone(),
             fleet: fleet.clone(),
             tasks: tasks.clone(),
+            alerts: alerts.clone(),
             http_metrics: Arc::default(),
             limits: Arc::new(RateLimits::new(&config.rate_limits)),
             config: Arc::new(config),
@@ -172,6 +179,14 @@ impl Hub {
             "fleet-offline-detector",
             tokio::spawn(crate::fleet::workers::run_offline_detector(
                 fleet.clone(),
+                shutdown.clone(),
+            )),
+        ));
+        workers.push((
+            "alert-evaluator",
+            tokio::spawn(crate::alerts::run_evaluator(
+                alerts.clone(),
+                observations,
                 shutdown.clone(),
             )),
         ));

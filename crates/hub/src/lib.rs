@@ -1,5 +1,6 @@
 //! Server Monitor hub: HTTP API, users and roles, the event log, backed by SQLite.
 
+pub mod alerts;
 pub mod api;
 pub mod app;
 pub mod auth;

@@ -221,7 +221,8 @@ pub mod need {
         ManageWebhooks,
         ReadFleet,
         ManageServers,
-        RunTasks
+        RunTasks,
+        ManageAlerts
     );
 }
 

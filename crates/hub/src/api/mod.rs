@@ -1,6 +1,7 @@
 //! The HTTP API: one router module per area, assembled here with the OpenAPI document.
 
 pub mod agent;
+pub mod alerts;
 pub mod auth;
 pub mod events;
 pub mod extract;
@@ -66,6 +67,7 @@ impl Success {
         (name = "events", description = "The event log: audit trail, recent activity, catalog"),
         (name = "servers", description = "The fleet: servers, their latest metrics, history and inventory"),
         (name = "tasks", description = "Remote tasks: shell commands run by agents that allow them"),
+        (name = "alerts", description = "Threshold alert rules and the alerts they raise"),
         (name = "agent", description = "The agent protocol (docs/AGENT_PROTOCOL.md), authenticated by agent tokens"),
         (name = "plugins", description = "Plugins and their counters"),
         (name = "webhooks", description = "Managed webhooks: signed, retried, SSRF-safe, with delivery logs"),
@@ -128,6 +130,15 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(tasks::list_tasks, tasks::create_fleet_task))
         .routes(routes!(tasks::get_task))
         .routes(routes!(tasks::cancel_task))
+        .routes(routes!(alerts::list_rules, alerts::create_rule))
+        .routes(routes!(
+            alerts::get_rule,
+            alerts::update_rule,
+            alerts::delete_rule
+        ))
+        .routes(routes!(alerts::list_alerts))
+        .routes(routes!(alerts::get_alert))
+        .routes(routes!(alerts::acknowledge_alert))
         .routes(routes!(plugins::list_plugins))
         .routes(routes!(webhooks::list_webhooks, webhooks::create_webhook))
         .routes(routes!(

@@ -65,6 +65,8 @@ pub enum Permission {
     ManageServers,
     /// Run and cancel remote tasks.
     RunTasks,
+    /// Create, change and delete alert rules; acknowledge alerts.
+    ManageAlerts,
 }
 
 impl Permission {
@@ -76,7 +78,9 @@ impl Permission {
                 &[Admin, Operator, Viewer, Auditor]
             }
             Permission::ReadAuditLog => &[Admin, Auditor],
-            Permission::ManageServers | Permission::RunTasks => &[Admin, Operator],
+            Permission::ManageServers | Permission::RunTasks | Permission::ManageAlerts => {
+                &[Admin, Operator]
+            }
             Permission::ManageUsers
             | Permission::ManagePlugins
             | Permission::ManageWebhooks
@@ -97,6 +101,7 @@ impl Permission {
             Permission::ReadFleet => "read servers",
             Permission::ManageServers => "manage servers",
             Permission::RunTasks => "run tasks",
+            Permission::ManageAlerts => "manage alerts",
         }
     }
 }

@@ -57,6 +57,12 @@ catalog! {
     TaskFailed = "task.failed", Error, "A task exited with another code, could not start, was refused by the agent's policy, or got no result within its timeout (meta.error says which).";
     TaskTimeout = "task.timeout", Warning, "A task ran past its timeout and was killed with its process group.";
     TaskCancelled = "task.cancelled", Warning, "A task was cancelled: before it started, or killed by its agent on request.";
+    AlertTriggered = "alert.triggered", Warning, "An alert rule fired for a server: its threshold was breached for its duration (meta: rule, metric, value, comparison, threshold, for_secs). The event's severity is the rule's.";
+    AlertResolved = "alert.resolved", Info, "A firing alert resolved: the value came back past the recovery threshold, or the rule or server went (meta.resolution, meta.fired_for_secs).";
+    AlertAcknowledged = "alert.acknowledged", Info, "A user acknowledged an alert.";
+    AlertRuleCreated = "alert_rule.created", Info, "An alert rule was created.";
+    AlertRuleUpdated = "alert_rule.updated", Info, "An alert rule was changed (meta.changes lists what).";
+    AlertRuleDeleted = "alert_rule.deleted", Warning, "An alert rule was deleted; its firing alerts resolved.";
     WebhookCreated = "webhook.created", Info, "A managed webhook was created.";
     WebhookUpdated = "webhook.updated", Info, "A managed webhook was changed (meta.changes lists what), including secret rotation and enabling.";
     WebhookDeleted = "webhook.deleted", Warning, "A managed webhook was deleted with its queue and delivery log.";

@@ -27,6 +27,8 @@ pub struct IngestMetrics {
     pub batches: AtomicU64,
     pub batch_items: AtomicU64,
     pub write_errors: AtomicU64,
+    /// Observations alert evaluation could not keep up with.
+    pub observations_dropped: AtomicU64,
 }
 
 /// Run the writer until `stop`, then commit what is queued and return.

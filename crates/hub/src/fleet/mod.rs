@@ -226,7 +226,34 @@ pub fn pick_tier(
     }
 }
 
+/// What the fleet tells alert evaluation, once it is committed.
+#[derive(Debug, Clone)]
+pub enum Observation {
+    /// A report was stored; `sample` is the server's newest.
+    Report {
+        server_id: String,
+        server_name: String,
+        tags: Vec<String>,
+        sample: Arc<Sample>,
+    },
+    /// The server went online or offline.
+    Status {
+        server_id: String,
+        server_name: String,
+        tags: Vec<String>,
+        status: ServerStatus,
+        at: DateTime<Utc>,
+    },
+    /// The server was deleted.
+    Removed { server_id: String },
+}
+
+/// How many observations may wait for the evaluator before new ones are dropped (and
+/// counted).
+const OBSERVATION_QUEUE: usize = 16_384;
+
 struct Inner {
+    observer: std::sync::OnceLock<mpsc::Sender<Observation>>,
     store: Arc<dyn Store>,
     state: RwLock<FleetState>,
     tx: mpsc::Sender<WriterItem>,
@@ -282,6 +309,7 @@ impl FleetService {
         let (tx, rx) = mpsc::channel(config.ingest_queue);
         let service = FleetService {
             inner: Arc::new(Inner {
+                observer: std::sync::OnceLock::new(),
                 store,
                 state: RwLock::new(state),
                 tx,
@@ -293,6 +321,46 @@ impl FleetService {
             }),
         };
         Ok((service, rx))
+    }
+
+    /// Receive what the fleet observes from now on (one receiver per hub: alert evaluation).
+    pub fn observe(&self) -> mpsc::Receiver<Observation> {
+        let (tx, rx) = mpsc::channel(OBSERVATION_QUEUE);
+        if self.inner.observer.set(tx).is_err() {
+            panic!("the fleet has one observer");
+        }
+        rx
+    }
+
+    fn publish(&self, observation: Observation) {
+        if let Some(tx) = self.inner.observer.get() {
+            if tx.try_send(observation).is_err() {
+                self.inner
+                    .metrics
+                    .observations_dropped
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Every server's current status, for an evaluator that starts.
+    pub fn statuses(&self) -> Vec<Observation> {
+        let now = Utc::now();
+        self.read()
+            .by_id
+            .values()
+            .map(|e| Observation::Status {
+                server_id: e.record.id.clone(),
+                server_name: e.record.name.clone(),
+                tags: e.record.tags.clone(),
+                status: e.record.status,
+                at: e
+                    .record
+                    .last_seen_at
+                    .unwrap_or(now)
+                    .max(self.inner.started_at),
+            })
+            .collect()
     }
 
     /// Ingest counters.
@@ -644,6 +712,9 @@ impl FleetService {
         let event = server_event(EventType::ServerDeleted, origin, &record);
         self.inner.store.delete_server(record.seq, &event).await?;
         self.write().remove(id);
+        self.publish(Observation::Removed {
+            server_id: id.to_string(),
+        });
         Ok(())
     }
 
@@ -884,6 +955,26 @@ impl FleetService {
             let mut state = self.write();
             if let Some(entry) = state.by_id.get_mut(id) {
                 entry.in_flight = entry.in_flight.saturating_sub(1);
+                if stored.is_ok() {
+                    let r = &entry.record;
+                    if came_online.is_some() {
+                        self.publish(Observation::Status {
+                            server_id: r.id.clone(),
+                            server_name: r.name.clone(),
+                            tags: r.tags.clone(),
+                            status: ServerStatus::Online,
+                            at: now,
+                        });
+                    }
+                    if let Some(sample) = &entry.latest {
+                        self.publish(Observation::Report {
+                            server_id: r.id.clone(),
+                            server_name: r.name.clone(),
+                            tags: r.tags.clone(),
+                            sample: sample.clone(),
+                        });
+                    }
+                }
                 // Nothing was written: undo what the answer would have told, so the agent's
                 // retry brings the server online (with its event) and gets the inventory
                 // request again.
@@ -965,6 +1056,18 @@ impl FleetService {
                 }
             }
             return 0;
+        }
+        let state = self.read();
+        for id in &went_offline {
+            if let Some(e) = state.by_id.get(id) {
+                self.publish(Observation::Status {
+                    server_id: e.record.id.clone(),
+                    server_name: e.record.name.clone(),
+                    tags: e.record.tags.clone(),
+                    status: ServerStatus::Offline,
+                    at: now,
+                });
+            }
         }
         went_offline.len()
     }

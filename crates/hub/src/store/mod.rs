@@ -13,7 +13,7 @@ use tokio::sync::Notify;
 
 use crate::auth::roles::Role;
 use crate::error::Result;
-use crate::events::{Event, EventFilter};
+use crate::events::{Event, EventFilter, Severity};
 
 /// A user row.
 #[derive(Clone)]
@@ -522,6 +522,92 @@ pub trait TaskStore: Send + Sync {
     ) -> Result<bool>;
 }
 
+/// An alert rule row; the alerts service validates and interprets the text fields.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RuleRecord {
+    pub id: String,
+    pub name: String,
+    pub metric: String,
+    pub mount: Option<String>,
+    pub comparison: String,
+    pub threshold: f64,
+    pub recovery_threshold: Option<f64>,
+    pub for_secs: u32,
+    pub severity: Severity,
+    pub scope: String,
+    pub scope_value: Option<String>,
+    pub enabled: bool,
+    pub created_by: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// An alert a rule raised for a server.
+#[derive(Debug, Clone)]
+pub struct AlertRecord {
+    pub id: String,
+    pub rule_id: String,
+    pub rule_name: String,
+    pub server_id: String,
+    pub server_name: Option<String>,
+    pub metric: String,
+    pub severity: Severity,
+    /// `firing` or `resolved`.
+    pub status: String,
+    pub value: Option<f64>,
+    pub threshold: f64,
+    pub pending_since: DateTime<Utc>,
+    pub fired_at: DateTime<Utc>,
+    pub resolved_at: Option<DateTime<Utc>>,
+    pub resolved_value: Option<f64>,
+    /// Why it resolved: `recovered`, `rule deleted`, `rule disabled`, `server deleted`.
+    pub resolution: Option<String>,
+    pub acknowledged_by: Option<String>,
+    pub acknowledged_at: Option<DateTime<Utc>>,
+}
+
+/// Which alerts to list, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct AlertFilter {
+    pub status: Option<String>,
+    pub server_id: Option<String>,
+    pub rule_id: Option<String>,
+    pub severity: Option<Severity>,
+    pub limit: u32,
+    pub offset: u64,
+}
+
+/// Alert rules and alerts.
+#[async_trait]
+pub trait AlertStore: Send + Sync {
+    /// Every rule, by name.
+    async fn list_rules(&self) -> Result<Vec<RuleRecord>>;
+    /// Insert a rule; `Conflict` when the name is taken.
+    async fn insert_rule(&self, rule: &RuleRecord, event: &Event) -> Result<()>;
+    /// Replace a rule; `NotFound`, or `Conflict` when the new name is taken.
+    async fn update_rule(&self, rule: &RuleRecord, event: &Event) -> Result<()>;
+    /// Delete a rule (its alerts stay as history); `NotFound` when it is gone.
+    async fn delete_rule(&self, id: &str, event: &Event) -> Result<()>;
+    /// Record a firing alert; false when one already fires for the rule and server.
+    async fn insert_alert(&self, alert: &AlertRecord, event: &Event) -> Result<bool>;
+    /// Resolve a firing alert; false when it was not firing.
+    async fn resolve_alert(&self, alert: &AlertRecord, event: &Event) -> Result<bool>;
+    /// Every firing alert.
+    async fn firing_alerts(&self) -> Result<Vec<AlertRecord>>;
+    /// Alerts matching the filter, newest first, and how many match.
+    async fn list_alerts(&self, filter: &AlertFilter) -> Result<(Vec<AlertRecord>, u64)>;
+    /// One alert.
+    async fn alert(&self, id: &str) -> Result<Option<AlertRecord>>;
+    /// Mark an alert acknowledged; false when it already was.
+    async fn acknowledge_alert(
+        &self,
+        id: &str,
+        by: &str,
+        at: DateTime<Utc>,
+        event: &Event,
+    ) -> Result<bool>;
+}
+
 /// How much work is waiting.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct QueueDepths {
@@ -532,7 +618,7 @@ pub struct QueueDepths {
 /// A whole backend.
 #[async_trait]
 pub trait Store:
-    UserStore + TokenStore + EventStore + WebhookStore + FleetStore + TaskStore
+    UserStore + TokenStore + EventStore + WebhookStore + FleetStore + TaskStore + AlertStore
 {
     /// Prove the database answers a read and accepts a write.
     async fn check_ready(&self) -> Result<()>;

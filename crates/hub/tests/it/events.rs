@@ -68,8 +68,52 @@ async fn exercise_the_fleet(hub: &TestHub) {
     })
     .await;
     exercise_tasks(hub, &id, &token).await;
+    exercise_alerts(hub, &token).await;
     let (status, _) = send(hub.request(Method::DELETE, &path, Some(t))).await;
     assert_eq!(status, StatusCode::OK);
+}
+
+/// A rule that fires, is acknowledged and resolves, then is changed and deleted.
+async fn exercise_alerts(hub: &TestHub, agent_token: &str) {
+    let t = &hub.admin_token;
+    let (status, created) = hub
+        .send_json(
+            Method::POST,
+            "/api/alerts/rules",
+            t,
+            json!({ "name": "hot", "metric": "cpu", "threshold": 50 }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let rule = format!("/api/alerts/rules/{}", created["rule_id"].as_str().unwrap());
+    let report = |cpu: f64| async move {
+        let sample = agent::sample(chrono::Utc::now(), cpu);
+        hub.post_report(agent_token, &agent::report(vec![sample], None))
+            .await
+    };
+    assert_eq!(report(90.0).await.0, StatusCode::OK);
+    let alert = eventually(Duration::from_secs(5), "alert.triggered", || async {
+        hub.events("event_type=alert.triggered")
+            .await
+            .into_iter()
+            .next()
+    })
+    .await;
+    let id = alert["target_id"].as_str().unwrap();
+    send(hub.request(
+        Method::POST,
+        &format!("/api/alerts/{id}/acknowledge"),
+        Some(t),
+    ))
+    .await;
+    assert_eq!(report(10.0).await.0, StatusCode::OK);
+    eventually(Duration::from_secs(5), "alert.resolved", || async {
+        (!hub.events("event_type=alert.resolved").await.is_empty()).then_some(())
+    })
+    .await;
+    hub.send_json(Method::PUT, &rule, t, json!({ "threshold": 60 }))
+        .await;
+    send(hub.request(Method::DELETE, &rule, Some(t))).await;
 }
 
 /// Tasks that finish, fail, time out and are cancelled, reported as an agent would.

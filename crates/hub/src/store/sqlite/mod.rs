@@ -22,6 +22,7 @@ use crate::auth::roles::Role;
 use crate::error::{Error, Result};
 use crate::events::{Event, EventFilter, Severity};
 
+mod alerts;
 mod fleet;
 mod tasks;
 mod webhooks;
@@ -643,6 +644,35 @@ mod query_plans {
         ("retention 1m", "DELETE FROM metrics_1m WHERE seq = 7 AND bucket < 5"),
         ("inventory", "SELECT received_at, changed_at, data FROM inventory WHERE seq = 7"),
         ("server deletion", "DELETE FROM metrics_raw WHERE seq = 7"),
+        (
+            "tasks handed to an agent",
+            "SELECT * FROM tasks WHERE server_id = 's' AND status IN ('queued', 'running')
+             ORDER BY created_at, id",
+        ),
+        (
+            "running tasks to reconcile",
+            "SELECT * FROM tasks WHERE status IN ('queued', 'running') AND status = 'running'
+                AND started_at < 5 ORDER BY started_at",
+        ),
+        (
+            "task list of a user",
+            "SELECT * FROM tasks WHERE 1 = 1 AND created_by = 'u' \
+             ORDER BY created_at DESC, id DESC LIMIT 50 OFFSET 0",
+        ),
+        ("task by id", "SELECT * FROM tasks WHERE id = 't'"),
+        (
+            "firing alerts",
+            "SELECT * FROM alerts WHERE status = 'firing' ORDER BY fired_at",
+        ),
+        (
+            "alerts of a server",
+            "SELECT * FROM alerts WHERE 1 = 1 AND server_id = 's' \
+             ORDER BY fired_at DESC, id DESC LIMIT 50 OFFSET 0",
+        ),
+        (
+            "alert resolution",
+            "UPDATE alerts SET status = 'resolved' WHERE id = 'a' AND status = 'firing'",
+        ),
     ];
 
     /// Tables that grow without bound; a plain scan of one is a bug on a hot path.
@@ -656,6 +686,8 @@ mod query_plans {
         "metrics_raw",
         "metrics_1m",
         "metrics_1h",
+        "tasks",
+        "alerts",
     ];
 
     #[tokio::test]
