@@ -41,6 +41,7 @@ pub struct AppState {
     pub fleet: FleetService,
     pub tasks: TaskService,
     pub alerts: AlertService,
+    pub caches: Arc<crate::cache::Caches>,
     pub http_metrics: Arc<HttpMetrics>,
     pub limits: Arc<RateLimits>,
 }
@@ -160,6 +161,7 @@ impl Hub {
             fleet: fleet.clone(),
             tasks: tasks.clone(),
             alerts: alerts.clone(),
+            caches: Arc::new(crate::cache::Caches::new(&config.cache)),
             http_metrics: Arc::default(),
             limits: Arc::new(RateLimits::new(&config.rate_limits)),
             config: Arc::new(config),

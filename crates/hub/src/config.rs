@@ -48,6 +48,8 @@ pub struct Config {
     pub fleet: FleetConfig,
     /// Remote tasks: the command policy.
     pub tasks: TasksConfig,
+    /// Response caches of the hottest reads.
+    pub cache: CacheConfig,
     /// Sessions, tokens and login protection.
     pub auth: AuthConfig,
     /// Plugins: which run, their queues and their settings.
@@ -56,6 +58,32 @@ pub struct Config {
     pub webhooks: WebhooksConfig,
     /// API rate limits (the login limits are under `auth`).
     pub rate_limits: RateLimitsConfig,
+}
+
+/// Response caches. Writes that change an answer (server changes, status changes, new events)
+/// invalidate it at once; the TTL bounds how old the metrics in a cached list can be.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// Master switch.
+    pub enabled: bool,
+    /// `GET /api/stats/overview`, seconds (0 turns this cache off).
+    pub overview_ttl_secs: u64,
+    /// `GET /api/servers`, seconds.
+    pub servers_ttl_secs: u64,
+    /// `GET /api/activity/recent`, seconds.
+    pub activity_ttl_secs: u64,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            overview_ttl_secs: 30,
+            servers_ttl_secs: 10,
+            activity_ttl_secs: 15,
+        }
+    }
 }
 
 /// Remote tasks. The policy is a safety net against mistakes, not a sandbox: a task runs with
@@ -321,6 +349,7 @@ impl Default for Config {
             enrollment_token: Secret::default(),
             fleet: FleetConfig::default(),
             tasks: TasksConfig::default(),
+            cache: CacheConfig::default(),
             auth: AuthConfig::default(),
             plugins: PluginsConfig::default(),
             webhooks: WebhooksConfig::default(),

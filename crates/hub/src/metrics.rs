@@ -152,6 +152,50 @@ pub fn resident_memory_bytes() -> Option<u64> {
     Some(pages * u64::try_from(page_size).ok()?)
 }
 
+/// Hits, misses, hit ratio and entries of each response cache.
+fn render_caches(state: &crate::app::AppState, out: &mut Exposition) {
+    let caches = state.caches.all();
+    out.help(
+        "smon_cache_requests_total",
+        "counter",
+        "Cached endpoint reads by cache and outcome.",
+    );
+    for c in caches {
+        for (outcome, counter) in [("hit", &c.hits), ("miss", &c.misses)] {
+            out.sample(
+                "smon_cache_requests_total",
+                &[("cache", c.name), ("outcome", outcome)],
+                counter.load(Ordering::Relaxed) as f64,
+            );
+        }
+    }
+    out.help(
+        "smon_cache_hit_ratio",
+        "gauge",
+        "Hits over all reads of each cache since start (0 before any read).",
+    );
+    for c in caches {
+        let (hits, misses) = (
+            c.hits.load(Ordering::Relaxed) as f64,
+            c.misses.load(Ordering::Relaxed) as f64,
+        );
+        let ratio = if hits + misses > 0.0 {
+            hits / (hits + misses)
+        } else {
+            0.0
+        };
+        out.sample("smon_cache_hit_ratio", &[("cache", c.name)], ratio);
+    }
+    out.help("smon_cache_entries", "gauge", "Answers each cache holds.");
+    for c in caches {
+        out.sample(
+            "smon_cache_entries",
+            &[("cache", c.name)],
+            c.entries() as f64,
+        );
+    }
+}
+
 /// Servers by status and the ingest pipeline's counters.
 fn render_fleet(state: &crate::app::AppState, out: &mut Exposition) {
     let (online, offline, unknown) = state.fleet.counts();
@@ -340,6 +384,7 @@ pub async fn render(state: &crate::app::AppState) -> crate::error::Result<String
         }
     }
     render_fleet(state, &mut out);
+    render_caches(state, &mut out);
     if let Some(rss) = resident_memory_bytes() {
         out.help(
             "smon_process_resident_memory_bytes",

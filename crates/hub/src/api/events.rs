@@ -112,17 +112,25 @@ pub async fn recent_activity(
     State(state): State<AppState>,
     caller: Authorized<need::ReadDashboard>,
     ApiQuery(q): ApiQuery<RecentQuery>,
-) -> Result<Json<RecentActivity>> {
+) -> Result<axum::response::Response> {
     let limit = q.limit.unwrap_or(20);
     if !(1..=100).contains(&limit) {
         return Err(Error::invalid("limit", "must be between 1 and 100"));
     }
     let client_details = caller.role.allows(Permission::ReadAuditLog);
-    let activities = state.events.recent(limit, client_details).await?;
-    Ok(Json(RecentActivity {
-        count: activities.len(),
-        activities,
-    }))
+    let key = format!("{}|{client_details}|{limit}", state.events.generation());
+    let body = state
+        .caches
+        .activity
+        .get_or_compute(key, || async {
+            let activities = state.events.recent(limit, client_details).await?;
+            crate::cache::json(&RecentActivity {
+                count: activities.len(),
+                activities,
+            })
+        })
+        .await?;
+    Ok(crate::api::json_bytes(body))
 }
 
 /// The event catalog.

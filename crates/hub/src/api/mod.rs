@@ -51,6 +51,11 @@ impl Success {
     pub const OK: Success = Success { success: true };
 }
 
+/// A JSON answer already serialised (by a cache).
+pub fn json_bytes(body: axum::body::Bytes) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
 #[derive(OpenApi)]
 #[openapi(
     info(

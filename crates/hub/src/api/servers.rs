@@ -2,15 +2,16 @@
 //! write).
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::Response;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::api::extract::{ApiJson, ApiQuery, Authorized, need};
 use crate::api::ratelimit::Allowance;
-use crate::api::{ErrorBody, Success};
+use crate::api::{ErrorBody, Success, json_bytes};
 use crate::app::AppState;
 use crate::error::Result;
 use crate::fleet::{
@@ -79,9 +80,20 @@ fn hub_url(state: &AppState, headers: &HeaderMap) -> String {
 pub async fn list_servers(
     State(state): State<AppState>,
     _caller: Authorized<need::ReadFleet>,
+    RawQuery(raw): RawQuery,
     ApiQuery(query): ApiQuery<ServerQuery>,
-) -> Result<Json<ServerPage>> {
-    Ok(Json(state.fleet.list(&query)?))
+) -> Result<Response> {
+    // The generation first: an answer computed from an older fleet is never filed under a
+    // newer one.
+    let key = format!("{}|{}", state.fleet.generation(), raw.unwrap_or_default());
+    let body = state
+        .caches
+        .servers
+        .get_or_compute(key, || async {
+            crate::cache::json(&state.fleet.list(&query)?)
+        })
+        .await?;
+    Ok(json_bytes(body))
 }
 
 /// Create a server. The answer holds its agent token (shown once) and the agent command.
@@ -217,6 +229,14 @@ pub async fn refresh_inventory(
 pub async fn overview(
     State(state): State<AppState>,
     _caller: Authorized<need::ReadFleet>,
-) -> Result<Json<Overview>> {
-    Ok(Json(state.fleet.overview()))
+) -> Result<Response> {
+    let key = state.fleet.generation().to_string();
+    let body = state
+        .caches
+        .overview
+        .get_or_compute(key, || async {
+            crate::cache::json(&state.fleet.overview())
+        })
+        .await?;
+    Ok(json_bytes(body))
 }

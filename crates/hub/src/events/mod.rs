@@ -45,6 +45,11 @@ impl EventService {
         Self { store }
     }
 
+    /// Changes whenever events are written (read it before reading events, to key caches).
+    pub fn generation(&self) -> u64 {
+        self.store.event_commits()
+    }
+
     /// Events matching `filter`, newest first, and the total matching.
     pub async fn query(&self, filter: &EventFilter) -> Result<(Vec<Event>, u64)> {
         if filter.limit == 0 || filter.limit > MAX_PAGE {

@@ -253,6 +253,9 @@ pub enum Observation {
 const OBSERVATION_QUEUE: usize = 16_384;
 
 struct Inner {
+    /// Bumped whenever what lists and the overview show changes, other than metrics values:
+    /// servers added, changed or removed, and status changes. Caches key on it.
+    generation: std::sync::atomic::AtomicU64,
     observer: std::sync::OnceLock<mpsc::Sender<Observation>>,
     store: Arc<dyn Store>,
     state: RwLock<FleetState>,
@@ -309,6 +312,7 @@ impl FleetService {
         let (tx, rx) = mpsc::channel(config.ingest_queue);
         let service = FleetService {
             inner: Arc::new(Inner {
+                generation: Default::default(),
                 observer: std::sync::OnceLock::new(),
                 store,
                 state: RwLock::new(state),
@@ -361,6 +365,15 @@ impl FleetService {
                     .max(self.inner.started_at),
             })
             .collect()
+    }
+
+    /// The current generation of the fleet's shape (read it before reading the fleet).
+    pub fn generation(&self) -> u64 {
+        self.inner.generation.load(Ordering::Acquire)
+    }
+
+    fn changed(&self) {
+        self.inner.generation.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Ingest counters.
@@ -431,6 +444,7 @@ impl FleetService {
         record.seq = self.inner.store.insert_server(&record, &event).await?;
         let entry = Entry::from_record(record);
         self.write().insert(entry.clone());
+        self.changed();
         Ok(entry)
     }
 
@@ -682,7 +696,10 @@ impl FleetService {
             .get_mut(id)
             .ok_or_else(|| Error::NotFound(format!("server {id}")))?;
         f(entry);
-        Ok(view(entry))
+        let answer = view(entry);
+        drop(state);
+        self.changed();
+        Ok(answer)
     }
 
     /// Replace a server's agent token; the old one stops working at once.
@@ -712,6 +729,7 @@ impl FleetService {
         let event = server_event(EventType::ServerDeleted, origin, &record);
         self.inner.store.delete_server(record.seq, &event).await?;
         self.write().remove(id);
+        self.changed();
         self.publish(Observation::Removed {
             server_id: id.to_string(),
         });
@@ -898,6 +916,7 @@ impl FleetService {
                         .meta("previous_status", entry.record.status.as_str())
                         .meta("agent_version", report.agent_version.clone());
                 entry.record.status = ServerStatus::Online;
+                self.changed();
                 writes.push(FleetWrite::Status {
                     seq: entry.record.seq,
                     status: ServerStatus::Online,
@@ -982,6 +1001,7 @@ impl FleetService {
                     if let Some(previous) = came_online {
                         if entry.record.status == ServerStatus::Online {
                             entry.record.status = previous;
+                            self.changed();
                         }
                     }
                     if !requests.is_empty() {
@@ -1028,6 +1048,7 @@ impl FleetService {
                     .meta("last_seen_secs_ago", silent)
                     .meta("missed_intervals", threshold);
                 e.record.status = ServerStatus::Offline;
+                self.changed();
                 writes.push(FleetWrite::Status {
                     seq: e.record.seq,
                     status: ServerStatus::Offline,
@@ -1052,6 +1073,7 @@ impl FleetService {
                 if let Some(e) = state.by_id.get_mut(id) {
                     if e.record.status == ServerStatus::Offline {
                         e.record.status = ServerStatus::Online;
+                        self.changed();
                     }
                 }
             }

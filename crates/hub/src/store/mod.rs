@@ -135,6 +135,9 @@ pub trait EventStore: Send + Sync {
     async fn mark_dispatched(&self, up_to_seq: i64, at: DateTime<Utc>) -> Result<u64>;
     /// Notified after every commit that wrote an event, so the dispatcher need not poll hard.
     fn event_signal(&self) -> Arc<Notify>;
+    /// How many commits that wrote events this store has made (a cache of event reads is
+    /// stale once it changes).
+    fn event_commits(&self) -> u64;
     /// One event by id.
     async fn event_by_id(&self, event_id: &str) -> Result<Option<Event>>;
 }

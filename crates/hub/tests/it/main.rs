@@ -4,6 +4,7 @@ mod common;
 
 mod alerts;
 mod auth;
+mod cache;
 mod errors;
 mod events;
 mod fleet;

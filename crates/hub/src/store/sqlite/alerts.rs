@@ -121,7 +121,7 @@ impl AlertStore for SqliteStore {
         .map_err(name_taken)?;
         insert_event(&mut tx, event).await?;
         tx.commit().await?;
-        self.new_events.notify_one();
+        self.events_committed();
         Ok(())
     }
 
@@ -154,7 +154,7 @@ impl AlertStore for SqliteStore {
         }
         insert_event(&mut tx, event).await?;
         tx.commit().await?;
-        self.new_events.notify_one();
+        self.events_committed();
         Ok(())
     }
 
@@ -169,7 +169,7 @@ impl AlertStore for SqliteStore {
         }
         insert_event(&mut tx, event).await?;
         tx.commit().await?;
-        self.new_events.notify_one();
+        self.events_committed();
         Ok(())
     }
 
@@ -199,7 +199,7 @@ impl AlertStore for SqliteStore {
         };
         insert_event(&mut tx, event).await?;
         tx.commit().await?;
-        self.new_events.notify_one();
+        self.events_committed();
         Ok(true)
     }
 
@@ -221,7 +221,7 @@ impl AlertStore for SqliteStore {
         }
         insert_event(&mut tx, event).await?;
         tx.commit().await?;
-        self.new_events.notify_one();
+        self.events_committed();
         Ok(true)
     }
 
@@ -277,7 +277,7 @@ impl AlertStore for SqliteStore {
         }
         insert_event(&mut tx, event).await?;
         tx.commit().await?;
-        self.new_events.notify_one();
+        self.events_committed();
         Ok(true)
     }
 }

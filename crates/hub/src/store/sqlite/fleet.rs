@@ -210,7 +210,7 @@ impl FleetStore for SqliteStore {
         .last_insert_rowid();
         insert_event(&mut tx, event).await?;
         tx.commit().await?;
-        self.new_events.notify_one();
+        self.events_committed();
         Ok(seq)
     }
 
@@ -242,7 +242,7 @@ impl FleetStore for SqliteStore {
         }
         insert_event(&mut tx, event).await?;
         tx.commit().await?;
-        self.new_events.notify_one();
+        self.events_committed();
         Ok(())
     }
 
@@ -268,7 +268,7 @@ impl FleetStore for SqliteStore {
         }
         insert_event(&mut tx, event).await?;
         tx.commit().await?;
-        self.new_events.notify_one();
+        self.events_committed();
         Ok(())
     }
 
@@ -349,7 +349,7 @@ impl FleetStore for SqliteStore {
         upsert_buckets(&mut tx, &sql.upsert_hour, &hours).await?;
         tx.commit().await?;
         if wrote_event {
-            self.new_events.notify_one();
+            self.events_committed();
         }
         Ok(stored)
     }

@@ -36,6 +36,8 @@ pub struct SqliteStore {
     write: SqlitePool,
     new_events: Arc<Notify>,
     new_jobs: Arc<Notify>,
+    /// Bumped after every commit that wrote an event (caches of event reads key on it).
+    event_commits: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl SqliteStore {
@@ -75,6 +77,7 @@ impl SqliteStore {
             write,
             new_events: Arc::new(Notify::new()),
             new_jobs: Arc::new(Notify::new()),
+            event_commits: Arc::default(),
         })
     }
 }
@@ -94,6 +97,16 @@ fn create_private_dir(dir: &Path) -> Result<()> {
             .with_context(|| format!("cannot restrict {} to its owner", dir.display()))?;
     }
     Ok(())
+}
+
+impl SqliteStore {
+    /// After a commit that wrote events: wake the dispatcher, and let caches of event reads
+    /// know.
+    fn events_committed(&self) {
+        self.event_commits
+            .fetch_add(1, std::sync::atomic::Ordering::Release);
+        self.new_events.notify_one();
+    }
 }
 
 fn ms(t: DateTime<Utc>) -> i64 {
@@ -247,7 +260,7 @@ impl UserStore for SqliteStore {
         };
         insert_event(&mut tx, event).await?;
         tx.commit().await?;
-        self.new_events.notify_one();
+        self.events_committed();
         Ok(())
     }
 
@@ -311,7 +324,7 @@ impl UserStore for SqliteStore {
         }
         insert_event(&mut tx, event).await?;
         tx.commit().await?;
-        self.new_events.notify_one();
+        self.events_committed();
         Ok(())
     }
 
@@ -328,7 +341,7 @@ impl UserStore for SqliteStore {
         ensure_an_admin_remains(&mut tx, admins_before).await?;
         insert_event(&mut tx, event).await?;
         tx.commit().await?;
-        self.new_events.notify_one();
+        self.events_committed();
         Ok(())
     }
 }
@@ -360,7 +373,7 @@ impl TokenStore for SqliteStore {
         }
         insert_event(&mut tx, event).await?;
         tx.commit().await?;
-        self.new_events.notify_one();
+        self.events_committed();
         Ok(())
     }
 
@@ -414,7 +427,7 @@ impl TokenStore for SqliteStore {
         }
         insert_event(&mut tx, event).await?;
         tx.commit().await?;
-        self.new_events.notify_one();
+        self.events_committed();
         Ok(true)
     }
 
@@ -475,7 +488,7 @@ impl EventStore for SqliteStore {
     async fn append_event(&self, event: &Event) -> Result<()> {
         let mut conn = self.write.acquire().await?;
         insert_event(&mut conn, event).await?;
-        self.new_events.notify_one();
+        self.events_committed();
         Ok(())
     }
 
@@ -505,6 +518,11 @@ impl EventStore for SqliteStore {
 
     fn event_signal(&self) -> Arc<Notify> {
         self.new_events.clone()
+    }
+
+    fn event_commits(&self) -> u64 {
+        self.event_commits
+            .load(std::sync::atomic::Ordering::Acquire)
     }
 
     async fn event_by_id(&self, event_id: &str) -> Result<Option<Event>> {

@@ -75,7 +75,7 @@ impl TaskStore for SqliteStore {
             insert_event(&mut tx, event).await?;
         }
         tx.commit().await?;
-        self.new_events.notify_one();
+        self.events_committed();
         Ok(())
     }
 
@@ -168,7 +168,7 @@ impl TaskStore for SqliteStore {
         }
         tx.commit().await?;
         if event.is_some() {
-            self.new_events.notify_one();
+            self.events_committed();
         }
         Ok(true)
     }

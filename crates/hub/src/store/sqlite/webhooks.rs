@@ -157,7 +157,7 @@ impl WebhookStore for SqliteStore {
         .await?;
         insert_event(&mut tx, event).await?;
         tx.commit().await?;
-        self.new_events.notify_one();
+        self.events_committed();
         Ok(())
     }
 
@@ -204,7 +204,7 @@ impl WebhookStore for SqliteStore {
         }
         insert_event(&mut tx, event).await?;
         tx.commit().await?;
-        self.new_events.notify_one();
+        self.events_committed();
         self.new_jobs.notify_waiters();
         Ok(())
     }
@@ -220,7 +220,7 @@ impl WebhookStore for SqliteStore {
         }
         insert_event(&mut tx, event).await?;
         tx.commit().await?;
-        self.new_events.notify_one();
+        self.events_committed();
         Ok(())
     }
 
@@ -358,7 +358,7 @@ impl WebhookStore for SqliteStore {
         }
         tx.commit().await?;
         if wrote_event {
-            self.new_events.notify_one();
+            self.events_committed();
         }
         if effects.retry_at.is_some() {
             self.new_jobs.notify_waiters();
