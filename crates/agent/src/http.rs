@@ -32,9 +32,11 @@ pub fn client(config: &AgentConfig) -> anyhow::Result<reqwest::Client> {
     if let Some(path) = &config.ca_file {
         let pem = std::fs::read(path)
             .with_context(|| format!("ca_file: cannot read {}", path.display()))?;
-        for cert in reqwest::Certificate::from_pem_bundle(&pem)
-            .with_context(|| format!("ca_file: {} holds no PEM certificate", path.display()))?
-        {
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .ok()
+            .filter(|c| !c.is_empty())
+            .with_context(|| format!("ca_file: {} holds no PEM certificate", path.display()))?;
+        for cert in certs {
             builder = builder.add_root_certificate(cert);
         }
     }

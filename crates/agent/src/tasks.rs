@@ -139,28 +139,32 @@ impl<L: HubLink> Tasks<L> {
                 .await;
             return;
         }
+        // Run only once the hub has agreed: it refuses when the task was cancelled meanwhile.
+        if !self.report(&a.id, update(TaskOutcome::Running, None)).await {
+            return;
+        }
         tracing::info!(task = %a.id, timeout_secs = a.timeout_secs, "running task");
-        self.report(&a.id, update(TaskOutcome::Running, None)).await;
         let result = execute(&a, &cancel).await;
         self.report(&a.id, result).await;
     }
 
-    /// Deliver an update, retrying while the hub is away (until the agent stops).
-    async fn report(&self, id: &str, update: TaskUpdate) {
+    /// Deliver an update, retrying while the hub is away; false when the hub refused it or
+    /// the agent is stopping.
+    async fn report(&self, id: &str, update: TaskUpdate) -> bool {
         let mut wait = Duration::from_secs(1);
         loop {
             match self.link.task_update(id, &update).await {
-                Ok(()) => return,
+                Ok(()) => return true,
                 Err(PushError::Rejected(m)) => {
                     tracing::warn!(task = %id, message = %m, "the hub refused a task update");
-                    return;
+                    return false;
                 }
                 Err(e) => {
                     tracing::warn!(task = %id, error = %e, "cannot send a task update; retrying")
                 }
             }
             tokio::select! {
-                _ = self.shutdown.cancelled() => return,
+                _ = self.shutdown.cancelled() => return false,
                 _ = tokio::time::sleep(wait) => {}
             }
             wait = (wait * 2).min(Duration::from_secs(30));
@@ -180,27 +184,45 @@ fn update(outcome: TaskOutcome, error: Option<String>) -> TaskUpdate {
     }
 }
 
-/// Read up to [`MAX_TASK_OUTPUT`] bytes and drain the rest (so the command never blocks on a
-/// full pipe); returns the text and whether it was cut.
-async fn read_bounded(stream: Option<impl AsyncRead + Unpin>) -> (String, bool) {
-    let Some(mut stream) = stream else {
-        return (String::new(), false);
-    };
-    let mut kept = Vec::new();
+/// Output read so far, shared with the reader so that what arrived is kept even when the
+/// reader has to be abandoned.
+type Captured = Arc<Mutex<(Vec<u8>, bool)>>;
+
+/// Read up to [`MAX_TASK_OUTPUT`] bytes into `into` and drain the rest (so the command never
+/// blocks on a full pipe), marking whether it was cut.
+async fn read_bounded(stream: Option<impl AsyncRead + Unpin>, into: Captured) {
+    let Some(mut stream) = stream else { return };
     let mut buf = [0u8; 8192];
-    let mut cut = false;
     loop {
         match stream.read(&mut buf).await {
             Ok(0) | Err(_) => break,
             Ok(n) => {
-                let room = MAX_TASK_OUTPUT - kept.len();
-                kept.extend_from_slice(&buf[..n.min(room)]);
-                cut |= n > room;
+                let mut captured = into.lock().unwrap_or_else(|p| p.into_inner());
+                let room = MAX_TASK_OUTPUT - captured.0.len();
+                captured.0.extend_from_slice(&buf[..n.min(room)]);
+                captured.1 |= n > room;
             }
         }
     }
+}
+
+fn text_of(captured: &Captured) -> (String, bool) {
+    let captured = captured.lock().unwrap_or_else(|p| p.into_inner());
     // Cutting may split a character; keep what decodes.
-    (String::from_utf8_lossy(&kept).into_owned(), cut)
+    (
+        String::from_utf8_lossy(&captured.0).into_owned(),
+        captured.1,
+    )
+}
+
+/// Kills the task's process group when dropped, however the task ends (the agent stopping
+/// included): nothing a task started outlives it.
+struct GroupGuard(Option<u32>);
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        kill_group(self.0);
+    }
 }
 
 /// Run the command with `sh -c` in its own process group; kill the group at the timeout or on
@@ -220,30 +242,26 @@ pub async fn execute(a: &TaskAssignment, cancel: &CancellationToken) -> TaskUpda
         Ok(c) => c,
         Err(e) => return update(TaskOutcome::Error, Some(format!("cannot start sh: {e}"))),
     };
-    let pid = child.id();
-    let stdout = tokio::spawn(read_bounded(child.stdout.take()));
-    let stderr = tokio::spawn(read_bounded(child.stderr.take()));
+    let guard = GroupGuard(child.id());
+    let (out, err): (Captured, Captured) = (Arc::default(), Arc::default());
+    let stdout = tokio::spawn(read_bounded(child.stdout.take(), out.clone()));
+    let stderr = tokio::spawn(read_bounded(child.stderr.take(), err.clone()));
     let timeout = Duration::from_secs(u64::from(a.timeout_secs.max(1)));
     let (outcome, exit_code) = tokio::select! {
         status = child.wait() => (TaskOutcome::Exited, status.ok().and_then(|s| s.code())),
         _ = tokio::time::sleep(timeout) => (TaskOutcome::Timeout, None),
         _ = cancel.cancelled() => (TaskOutcome::Cancelled, None),
     };
-    if outcome != TaskOutcome::Exited {
-        kill_group(pid);
-        let _ = child.wait().await;
+    // The task is over when its shell is: background jobs it left go with its group, which
+    // also closes the pipes they held.
+    drop(guard);
+    let _ = child.wait().await;
+    // A process that left the group (setsid) could still hold a pipe: keep what arrived.
+    for reader in [stdout, stderr] {
+        let _ = tokio::time::timeout(Duration::from_secs(2), reader).await;
     }
-    // Everything in the group is gone or done; its pipes close. A daemonised grandchild that
-    // left the group could hold them open, so do not wait for ever.
-    let collect = |h: tokio::task::JoinHandle<(String, bool)>| async move {
-        tokio::time::timeout(Duration::from_secs(2), h)
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .unwrap_or_default()
-    };
-    let (out, out_cut) = collect(stdout).await;
-    let (err, err_cut) = collect(stderr).await;
+    let (out, out_cut) = text_of(&out);
+    let (err, err_cut) = text_of(&err);
     TaskUpdate {
         outcome,
         exit_code,
@@ -259,11 +277,13 @@ pub async fn execute(a: &TaskAssignment, cancel: &CancellationToken) -> TaskUpda
     }
 }
 
-/// The environment a task gets: the agent's, without its own settings (its token above all).
+/// The environment a task gets: the agent's, without Server Monitor settings (the agent's token,
+/// or the hub's secrets for the hub's own agent).
 fn inherited_env(
     vars: impl Iterator<Item = (std::ffi::OsString, std::ffi::OsString)>,
 ) -> Vec<(std::ffi::OsString, std::ffi::OsString)> {
-    vars.filter(|(key, _)| !key.to_string_lossy().starts_with("SMON_AGENT_"))
+    // SMON_ covers the hub's own settings too, for the hub's embedded agent.
+    vars.filter(|(key, _)| !key.to_string_lossy().starts_with("SMON_"))
         .collect()
 }
 
@@ -339,6 +359,24 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn background_jobs_end_with_the_task_and_its_output_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("survived");
+        let cmd = format!("(sleep 2; touch {}) & echo started", marker.display());
+        let started = std::time::Instant::now();
+        let r = execute(&task(&cmd, 10), &CancellationToken::new()).await;
+        assert_eq!(r.exit_code, Some(0));
+        assert_eq!(r.stdout, "started\n");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert!(!marker.exists(), "a background job outlived its task");
+    }
+
+    #[tokio::test]
     async fn a_timeout_kills_the_whole_process_group() {
         let dir = tempfile::tempdir().unwrap();
         let marker = dir.path().join("survived");
@@ -359,7 +397,7 @@ mod tests {
     fn the_agent_settings_and_token_are_not_passed_to_tasks() {
         let vars = [
             ("SMON_AGENT_TOKEN", "smon_a_x"),
-            ("SMON_AGENT_HUB", "h"),
+            ("SMON_SECRET_KEY", "k"),
             ("PATH", "/bin"),
             ("HOME", "/root"),
         ];

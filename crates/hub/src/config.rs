@@ -101,6 +101,10 @@ pub struct TasksConfig {
     pub allow: Vec<String>,
     /// A running task with no result this long after its timeout is marked interrupted.
     pub result_grace_secs: u64,
+    /// A task no agent picked up within this long fails (its server stayed offline).
+    pub queued_ttl_secs: u64,
+    /// Finished tasks (with their output) are deleted after this many days.
+    pub retention_days: u64,
 }
 
 impl Default for TasksConfig {
@@ -130,6 +134,8 @@ impl Default for TasksConfig {
             .to_vec(),
             allow: Vec::new(),
             result_grace_secs: 60,
+            queued_ttl_secs: 86_400,
+            retention_days: 90,
         }
     }
 }

@@ -37,10 +37,9 @@ impl HubLink for LocalLink {
             .ingest(&self.server_id, report.clone())
             .await
             .map_err(push_error)?;
-        self.tasks
-            .attach(&self.server_id, &mut answer)
-            .await
-            .map_err(push_error)?;
+        if let Err(e) = self.tasks.attach(&self.server_id, &mut answer).await {
+            tracing::warn!(error = %e, "cannot hand tasks to the local agent");
+        }
         Ok(answer)
     }
 

@@ -241,6 +241,11 @@ fn render_fleet(state: &crate::app::AppState, out: &mut Exposition) {
             &m.batch_items,
         ),
         (
+            "smon_alert_observations_dropped_total",
+            "Reports alert evaluation skipped because it was behind (status changes are never skipped).",
+            &m.observations_dropped,
+        ),
+        (
             "smon_ingest_write_errors_total",
             "Ingest transactions that failed (their reports were answered 503 and are retried by the agents).",
             &m.write_errors,

@@ -9,6 +9,7 @@ CREATE TABLE tasks (
     -- queued, running, finished, failed, timeout, cancelled, interrupted
     status TEXT NOT NULL,
     cancel_requested INTEGER NOT NULL DEFAULT 0,
+    cancelled_by TEXT,
     created_by TEXT,
     created_by_name TEXT,
     created_at INTEGER NOT NULL,
@@ -26,3 +27,4 @@ CREATE INDEX tasks_open ON tasks (server_id, status) WHERE status IN ('queued', 
 CREATE INDEX tasks_by_server ON tasks (server_id, created_at);
 CREATE INDEX tasks_by_creator ON tasks (created_by, created_at);
 CREATE INDEX tasks_by_time ON tasks (created_at);
+CREATE INDEX tasks_by_status ON tasks (status, created_at);

@@ -51,15 +51,16 @@ CREATE INDEX alerts_by_status ON alerts (status, fired_at);
 CREATE INDEX alerts_by_server ON alerts (server_id, fired_at);
 CREATE INDEX alerts_by_rule ON alerts (rule_id, fired_at);
 
--- The defaults every fleet wants, editable and removable like any rule.
+-- The defaults every fleet wants, editable and removable like any rule. Their recovery
+-- thresholds sit below the trigger so that a value hovering at 90 % does not flap.
 INSERT INTO alert_rules (id, name, metric, mount, comparison, threshold, recovery_threshold,
     for_secs, severity, scope, scope_value, enabled, created_by, created_at, updated_at)
 VALUES
     ('0193a000-0000-7000-8000-000000000001', 'CPU above 90 % for 5 minutes', 'cpu', NULL, '>', 90,
-        NULL, 300, 'warning', 'all', NULL, 1, NULL, 0, 0),
+        80, 300, 'warning', 'all', NULL, 1, NULL, unixepoch() * 1000, unixepoch() * 1000),
     ('0193a000-0000-7000-8000-000000000002', 'Memory above 90 %', 'memory', NULL, '>', 90,
-        NULL, 0, 'warning', 'all', NULL, 1, NULL, 0, 0),
+        85, 60, 'warning', 'all', NULL, 1, NULL, unixepoch() * 1000, unixepoch() * 1000),
     ('0193a000-0000-7000-8000-000000000003', 'Disk above 90 %', 'disk', NULL, '>', 90,
-        NULL, 0, 'error', 'all', NULL, 1, NULL, 0, 0),
+        85, 0, 'error', 'all', NULL, 1, NULL, unixepoch() * 1000, unixepoch() * 1000),
     ('0193a000-0000-7000-8000-000000000004', 'Server offline', 'offline', NULL, '>', 0,
-        NULL, 0, 'critical', 'all', NULL, 1, NULL, 0, 0);
+        NULL, 0, 'critical', 'all', NULL, 1, NULL, unixepoch() * 1000, unixepoch() * 1000);

@@ -8,14 +8,14 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{Mutex, mpsc};
+use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
 use crate::events::{Event, EventType, Origin, Severity};
-use crate::fleet::{FleetService, Observation};
+use crate::fleet::{FleetService, Observation, Observations};
 use crate::store::{AlertFilter, AlertRecord, RuleRecord, ServerStatus, Store};
 use crate::wire::{opt_rfc3339_millis, rfc3339_millis};
 use rule::{AlertMetric, Rule, format_duration, parse_duration};
@@ -185,6 +185,8 @@ enum Phase {
     /// Breached since then, not yet for long enough.
     Pending {
         since: DateTime<Utc>,
+        /// The latest breaching sample: a silence after it starts the duration over.
+        last: DateTime<Utc>,
         value: f64,
         server_name: String,
     },
@@ -423,6 +425,8 @@ impl AlertService {
             .collect();
         for key in firing {
             if let Some(Phase::Firing(alert)) = engine.phases.remove(&key) {
+                // The rule is gone from memory either way; a failed write is retried by the
+                // sweep, which finds the alert firing in the database at the next start.
                 self.resolve(*alert, None, why).await;
             }
         }
@@ -508,7 +512,9 @@ impl AlertService {
                     .collect();
                 for key in keys {
                     if let Some(Phase::Firing(alert)) = engine.phases.remove(&key) {
-                        self.resolve(*alert, None, "server deleted").await;
+                        if !self.resolve(*alert.clone(), None, "server deleted").await {
+                            engine.phases.insert(key, Phase::Firing(alert));
+                        }
                     }
                 }
             }
@@ -518,6 +524,10 @@ impl AlertService {
                 tags,
                 sample,
             } => {
+                // A backfilled sample tells of a past condition; alerts are about now.
+                if Utc::now() - sample.ts > chrono::Duration::minutes(STALE_MINUTES) {
+                    return;
+                }
                 let judged: Vec<(usize, Option<f64>)> = engine
                     .rules
                     .iter()
@@ -592,16 +602,24 @@ impl AlertService {
         };
         match (engine.phases.get(&key).cloned(), value) {
             (Some(Phase::Firing(alert)), Some(v)) if recovered(v) => {
-                engine.phases.remove(&key);
-                self.resolve(*alert, Some(v), "recovered").await;
+                // Kept firing when the resolution cannot be recorded: the next value retries.
+                if self.resolve(*alert, Some(v), "recovered").await {
+                    engine.phases.remove(&key);
+                }
             }
             (Some(Phase::Firing(_)), _) => {}
             (
                 Some(Phase::Pending {
-                    since, server_name, ..
+                    since,
+                    last,
+                    server_name,
+                    ..
                 }),
                 Some(v),
             ) if breached(v) => {
+                // After a silence the breach has not been seen to last: start over.
+                let stale = at - last > chrono::Duration::minutes(STALE_MINUTES);
+                let since = if stale { at } else { since };
                 if at - since >= rule.for_duration {
                     self.fire(engine, &rule, server_id, &server_name, since, v)
                         .await;
@@ -610,6 +628,7 @@ impl AlertService {
                         key,
                         Phase::Pending {
                             since,
+                            last: at.max(last),
                             value: v,
                             server_name,
                         },
@@ -628,6 +647,7 @@ impl AlertService {
                         key,
                         Phase::Pending {
                             since: at,
+                            last: at,
                             value: v,
                             server_name: server_name.to_string(),
                         },
@@ -650,13 +670,20 @@ impl AlertService {
                     since,
                     value,
                     server_name,
+                    ..
                 } = phase
                 else {
                     return None;
                 };
                 let i = engine.rules.iter().position(|r| &r.record.id == rule_id)?;
                 let rule = &engine.rules[i];
-                (rule.metric == AlertMetric::Offline && now - *since >= rule.for_duration)
+                let in_scope = self
+                    .fleet
+                    .server_tags(server_id)
+                    .is_some_and(|tags| rule.covers(server_id, &tags));
+                (rule.metric == AlertMetric::Offline
+                    && in_scope
+                    && now - *since >= rule.for_duration)
                     .then(|| (i, server_id.clone(), server_name.clone(), *since, *value))
             })
             .collect();
@@ -735,6 +762,7 @@ impl AlertService {
                     key,
                     Phase::Pending {
                         since,
+                        last: since,
                         value,
                         server_name: server_name.to_string(),
                     },
@@ -743,7 +771,8 @@ impl AlertService {
         }
     }
 
-    async fn resolve(&self, mut alert: AlertRecord, value: Option<f64>, why: &str) {
+    /// Record a resolution; false when it could not be recorded (the caller keeps it firing).
+    async fn resolve(&self, mut alert: AlertRecord, value: Option<f64>, why: &str) -> bool {
         let now = Utc::now();
         alert.status = "resolved".into();
         alert.resolved_at = Some(now);
@@ -760,30 +789,69 @@ impl AlertService {
             .meta("resolution", why);
         event.server_id = Some(alert.server_id.clone());
         event.server_name = alert.server_name.clone();
-        if let Err(e) = self.store.resolve_alert(&alert, &event).await {
-            tracing::warn!(error = %e, rule = %alert.rule_name, "cannot record a resolved alert");
+        match self.store.resolve_alert(&alert, &event).await {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, rule = %alert.rule_name, "cannot record a resolved alert");
+                false
+            }
+        }
+    }
+
+    /// Reconcile the phases with the rules and the fleet as they are now: alerts of deleted or
+    /// disabled rules, of servers gone or out of a rule's scope resolve; pending ones are
+    /// dropped; offline rules are judged on every server's current status, so nothing hangs
+    /// on one observation having arrived.
+    async fn sweep(&self) {
+        let statuses = self.fleet.statuses();
+        let mut engine = self.engine.lock().await;
+        let keys: Vec<(String, String)> = engine.phases.keys().cloned().collect();
+        for key in keys {
+            let (rule_id, server_id) = &key;
+            let rule = engine.rules.iter().find(|r| &r.record.id == rule_id);
+            let why = match (rule, self.fleet.server_tags(server_id)) {
+                (None, _) => "rule deleted",
+                (_, None) => "server deleted",
+                (Some(r), _) if !r.record.enabled => "rule disabled",
+                (Some(r), Some(tags)) if !r.covers(server_id, &tags) => "out of scope",
+                _ => continue,
+            };
+            if let Some(Phase::Firing(alert)) = engine.phases.remove(&key) {
+                if !self.resolve(*alert.clone(), None, why).await {
+                    engine.phases.insert(key, Phase::Firing(alert));
+                }
+            }
+        }
+        drop(engine);
+        for status in statuses {
+            self.observe(status).await;
         }
     }
 }
 
-/// Evaluate what the fleet observes, and every second the offline durations, until shutdown.
+/// Evaluate what the fleet observes, every second the offline durations, and every few
+/// seconds a sweep against the rules and the fleet, until shutdown.
 pub async fn run_evaluator(
     alerts: AlertService,
-    mut observations: mpsc::Receiver<Observation>,
+    mut observations: Observations,
     shutdown: CancellationToken,
 ) {
-    for status in alerts.fleet.statuses() {
-        alerts.observe(status).await;
-    }
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    let mut sweep = tokio::time::interval(std::time::Duration::from_secs(SWEEP_SECS));
     loop {
         tokio::select! {
+            biased;
             _ = shutdown.cancelled() => break,
-            observation = observations.recv() => match observation {
-                Some(o) => alerts.observe(o).await,
-                None => break,
-            },
+            Some(o) = observations.changes.recv() => alerts.observe(o).await,
+            Some(o) = observations.reports.recv() => alerts.observe(o).await,
+            _ = sweep.tick() => alerts.sweep().await,
             _ = tick.tick() => alerts.tick(Utc::now()).await,
         }
     }
 }
+
+/// Seconds between sweeps (the first runs at start).
+const SWEEP_SECS: u64 = 5;
+/// A sample older than this is not judged, and a pending breach not seen again for this long
+/// starts over.
+const STALE_MINUTES: i64 = 10;

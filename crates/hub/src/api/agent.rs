@@ -14,6 +14,9 @@ use crate::api::extract::{ApiJson, ClientOrigin, parse_json};
 use crate::app::AppState;
 use crate::error::{Error, Result};
 
+/// Largest task update body.
+const MAX_TASK_UPDATE_BYTES: usize = 1024 * 1024;
+
 fn agent_token(headers: &HeaderMap) -> Result<&str> {
     headers
         .get(header::AUTHORIZATION)
@@ -27,7 +30,11 @@ fn agent_token(headers: &HeaderMap) -> Result<&str> {
 }
 
 /// The body as JSON, within the protocol's size limit (read only after the token checked out).
-async fn read_json<T: serde::de::DeserializeOwned>(headers: &HeaderMap, body: Body) -> Result<T> {
+async fn read_json<T: serde::de::DeserializeOwned>(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<T> {
     let is_json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -42,11 +49,9 @@ async fn read_json<T: serde::de::DeserializeOwned>(headers: &HeaderMap, body: Bo
             "expected Content-Type: application/json".into(),
         ));
     }
-    let bytes = axum::body::to_bytes(body, MAX_REPORT_BYTES)
+    let bytes = axum::body::to_bytes(body, limit)
         .await
-        .map_err(|_| Error::PayloadTooLarge {
-            limit: MAX_REPORT_BYTES,
-        })?;
+        .map_err(|_| Error::PayloadTooLarge { limit })?;
     parse_json(&bytes)
 }
 
@@ -63,9 +68,12 @@ pub async fn report(
 ) -> Result<Json<ReportResponse>> {
     // The token first: an unknown agent learns nothing about what it sent.
     let server_id = state.fleet.authenticate_agent(agent_token(&headers)?)?;
-    let report: Report = read_json(&headers, body).await?;
+    let report: Report = read_json(&headers, body, MAX_REPORT_BYTES).await?;
     let mut answer = state.fleet.ingest(&server_id, report).await?;
-    state.tasks.attach(&server_id, &mut answer).await?;
+    // The samples are stored: a failed task lookup must not make the agent send them again.
+    if let Err(e) = state.tasks.attach(&server_id, &mut answer).await {
+        tracing::warn!(error = %e, server = %server_id, "cannot hand tasks to an agent");
+    }
     Ok(Json(answer))
 }
 
@@ -82,7 +90,8 @@ pub async fn task_result(
     body: Body,
 ) -> Result<Json<crate::api::Success>> {
     let server_id = state.fleet.authenticate_agent(agent_token(&headers)?)?;
-    let update: TaskUpdate = read_json(&headers, body).await?;
+    // Two 64 KiB streams can take six times that once escaped as JSON (NUL bytes, say).
+    let update: TaskUpdate = read_json(&headers, body, MAX_TASK_UPDATE_BYTES).await?;
     state.tasks.agent_update(&server_id, &id, update).await?;
     Ok(Json(crate::api::Success::OK))
 }

@@ -71,8 +71,9 @@ impl EventService {
         self.store.query_events(filter).await
     }
 
-    /// The most recent events. Without `client_details` the addresses and user agents are
-    /// left out: they belong to the audit log, not to every dashboard viewer.
+    /// The most recent events. Without `client_details` the addresses, user agents and task
+    /// commands are left out: they belong to the audit log, not to every dashboard viewer
+    /// (commands may hold secrets, and non-admins see only their own tasks).
     pub async fn recent(&self, limit: u32, client_details: bool) -> Result<Vec<Event>> {
         let filter = EventFilter {
             limit,
@@ -83,6 +84,7 @@ impl EventService {
             for e in &mut events {
                 e.ip = None;
                 e.user_agent = None;
+                e.meta.remove("command");
             }
         }
         Ok(events)

@@ -248,6 +248,12 @@ pub enum Observation {
     Removed { server_id: String },
 }
 
+/// What the fleet observes, as [`FleetService::observe`] hands it out.
+pub struct Observations {
+    pub reports: mpsc::Receiver<Observation>,
+    pub changes: mpsc::UnboundedReceiver<Observation>,
+}
+
 /// How many observations may wait for the evaluator before new ones are dropped (and
 /// counted).
 const OBSERVATION_QUEUE: usize = 16_384;
@@ -256,7 +262,10 @@ struct Inner {
     /// Bumped whenever what lists and the overview show changes, other than metrics values:
     /// servers added, changed or removed, and status changes. Caches key on it.
     generation: std::sync::atomic::AtomicU64,
-    observer: std::sync::OnceLock<mpsc::Sender<Observation>>,
+    observer: std::sync::OnceLock<(
+        mpsc::Sender<Observation>,
+        mpsc::UnboundedSender<Observation>,
+    )>,
     store: Arc<dyn Store>,
     state: RwLock<FleetState>,
     tx: mpsc::Sender<WriterItem>,
@@ -327,24 +336,44 @@ impl FleetService {
         Ok((service, rx))
     }
 
-    /// Receive what the fleet observes from now on (one receiver per hub: alert evaluation).
-    pub fn observe(&self) -> mpsc::Receiver<Observation> {
-        let (tx, rx) = mpsc::channel(OBSERVATION_QUEUE);
-        if self.inner.observer.set(tx).is_err() {
+    /// Receive what the fleet observes from now on (one receiver per hub: alert evaluation):
+    /// reports on a bounded queue that drops (and counts) when the evaluator falls behind, and
+    /// status changes and removals, which are rare and never dropped, on their own.
+    pub fn observe(&self) -> Observations {
+        let (reports_tx, reports) = mpsc::channel(OBSERVATION_QUEUE);
+        let (changes_tx, changes) = mpsc::unbounded_channel();
+        if self.inner.observer.set((reports_tx, changes_tx)).is_err() {
             panic!("the fleet has one observer");
         }
-        rx
+        Observations { reports, changes }
     }
 
     fn publish(&self, observation: Observation) {
-        if let Some(tx) = self.inner.observer.get() {
-            if tx.try_send(observation).is_err() {
-                self.inner
-                    .metrics
-                    .observations_dropped
-                    .fetch_add(1, Ordering::Relaxed);
+        let Some((reports, changes)) = self.inner.observer.get() else {
+            return;
+        };
+        if !matches!(observation, Observation::Report { .. }) {
+            let _ = changes.send(observation);
+            return;
+        }
+        if reports.try_send(observation).is_err() {
+            let dropped = self
+                .inner
+                .metrics
+                .observations_dropped
+                .fetch_add(1, Ordering::Relaxed);
+            if dropped.is_power_of_two() || dropped == 0 {
+                tracing::warn!(
+                    dropped = dropped + 1,
+                    "alert evaluation is behind; reports skipped (status changes are not)"
+                );
             }
         }
+    }
+
+    /// A server's tags, if it exists.
+    pub fn server_tags(&self, id: &str) -> Option<Vec<String>> {
+        self.read().by_id.get(id).map(|e| e.record.tags.clone())
     }
 
     /// Every server's current status, for an evaluator that starts.
@@ -1081,7 +1110,12 @@ impl FleetService {
         }
         let state = self.read();
         for id in &went_offline {
-            if let Some(e) = state.by_id.get(id) {
+            // A report may have brought it back meanwhile (and published that).
+            if let Some(e) = state
+                .by_id
+                .get(id)
+                .filter(|e| e.record.status == ServerStatus::Offline)
+            {
                 self.publish(Observation::Status {
                     server_id: e.record.id.clone(),
                     server_name: e.record.name.clone(),

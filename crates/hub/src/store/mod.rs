@@ -474,6 +474,8 @@ pub struct TaskRecord {
     pub store_output: bool,
     pub status: TaskStatus,
     pub cancel_requested: bool,
+    /// Who asked for the cancel.
+    pub cancelled_by: Option<String>,
     pub created_by: Option<String>,
     pub created_by_name: Option<String>,
     pub created_at: DateTime<Utc>,
@@ -515,6 +517,13 @@ pub trait TaskStore: Send + Sync {
         &self,
         started_before: DateTime<Utc>,
     ) -> Result<Vec<TaskRecord>>;
+    /// Queued tasks created before `created_before`, oldest first.
+    async fn queued_tasks_created_before(
+        &self,
+        created_before: DateTime<Utc>,
+    ) -> Result<Vec<TaskRecord>>;
+    /// Delete finished tasks created before `before`.
+    async fn prune_tasks(&self, before: DateTime<Utc>) -> Result<u64>;
     /// Replace a task's state if it is still in `expected` status, with its event; false when
     /// another change came first.
     async fn transition_task(

@@ -62,6 +62,8 @@ pub struct TaskView {
     pub status: TaskStatus,
     /// A cancel was asked for and the agent has not confirmed it yet.
     pub cancel_requested: bool,
+    /// Who cancelled it (or asked to).
+    pub cancelled_by: Option<String>,
     pub created_by: Option<String>,
     pub created_by_name: Option<String>,
     #[serde(serialize_with = "rfc3339_millis")]
@@ -112,6 +114,12 @@ pub struct TaskService {
     /// Servers that have queued or running tasks: only their reports query the tasks table.
     open: Arc<Mutex<HashSet<String>>>,
     grace: Duration,
+    queued_ttl: Duration,
+    retention: Duration,
+    /// When this hub started: a task counts as silent only from then.
+    started: DateTime<Utc>,
+    /// When finished tasks were last pruned (unix seconds).
+    last_prune: Arc<std::sync::atomic::AtomicI64>,
 }
 
 fn cut(mut s: String) -> String {
@@ -139,6 +147,10 @@ impl TaskService {
             policy: Arc::new(CommandPolicy::new(config)),
             open: Arc::new(Mutex::new(open)),
             grace: Duration::seconds(config.result_grace_secs as i64),
+            queued_ttl: Duration::seconds(config.queued_ttl_secs as i64),
+            retention: Duration::days(config.retention_days as i64),
+            last_prune: Arc::default(),
+            started: Utc::now(),
         })
     }
 
@@ -157,6 +169,7 @@ impl TaskService {
             store_output: t.store_output,
             status: t.status,
             cancel_requested: t.cancel_requested,
+            cancelled_by: t.cancelled_by,
             created_by: t.created_by,
             created_by_name: t.created_by_name,
             created_at: t.created_at,
@@ -235,6 +248,7 @@ impl TaskService {
                     store_output: store_output.unwrap_or(true),
                     status: TaskStatus::Queued,
                     cancel_requested: false,
+                    cancelled_by: None,
                     created_by: Some(caller.user_id.clone()),
                     created_by_name: Some(caller.username.clone()),
                     created_at: now,
@@ -263,13 +277,17 @@ impl TaskService {
     ) -> Result<Vec<String>> {
         let ids = match (server_ids, tag) {
             (Some(ids), None) => {
-                let mut unique = Vec::new();
-                for id in ids {
-                    if !unique.contains(&id) {
-                        unique.push(id);
-                    }
+                // The bound first: the body is the client's to size.
+                if ids.len() > MAX_FLEET_SERVERS {
+                    return Err(Error::invalid(
+                        "server_ids",
+                        format!("at most {MAX_FLEET_SERVERS} servers per request"),
+                    ));
                 }
-                unique
+                let mut seen = HashSet::new();
+                ids.into_iter()
+                    .filter(|id| seen.insert(id.clone()))
+                    .collect()
             }
             (None, Some(tag)) => {
                 let ids = self.fleet.ids_with_tag(&tag);
@@ -326,7 +344,15 @@ impl TaskService {
             offset: q.offset.unwrap_or(0),
         };
         let (tasks, total) = self.store.list_tasks(&filter).await?;
-        let tasks: Vec<TaskView> = tasks.into_iter().map(|t| self.view(t)).collect();
+        // Output (up to 128 KiB a task) only with the task itself.
+        let tasks: Vec<TaskView> = tasks
+            .into_iter()
+            .map(|mut t| {
+                t.stdout = None;
+                t.stderr = None;
+                self.view(t)
+            })
+            .collect();
         Ok(TaskList {
             count: tasks.len(),
             tasks,
@@ -360,6 +386,7 @@ impl TaskService {
             let event = match expected {
                 TaskStatus::Queued => {
                     t.status = TaskStatus::Cancelled;
+                    t.cancelled_by = Some(caller.username.clone());
                     t.finished_at = Some(Utc::now());
                     t.error = Some(format!(
                         "cancelled by {} before it started",
@@ -369,6 +396,7 @@ impl TaskService {
                 }
                 TaskStatus::Running if !t.cancel_requested => {
                     t.cancel_requested = true;
+                    t.cancelled_by = Some(caller.username.clone());
                     None
                 }
                 TaskStatus::Running => return Ok(self.view(t)),
@@ -395,12 +423,20 @@ impl TaskService {
 
     /// Add the server's queued tasks and pending cancels to a report's answer.
     pub async fn attach(&self, server_id: &str, answer: &mut ReportResponse) -> Result<()> {
-        if !self.open().contains(server_id) {
+        // Taken out before the read and put back if anything is open, so a task created
+        // meanwhile (which adds its server after its commit) is never forgotten.
+        if !self.open().remove(server_id) {
             return Ok(());
         }
-        let open = self.store.open_tasks(server_id).await?;
-        if open.is_empty() {
-            self.open().remove(server_id);
+        let open = match self.store.open_tasks(server_id).await {
+            Ok(open) => open,
+            Err(e) => {
+                self.open().insert(server_id.to_string());
+                return Err(e);
+            }
+        };
+        if !open.is_empty() {
+            self.open().insert(server_id.to_string());
         }
         for t in open {
             match t.status {
@@ -431,16 +467,23 @@ impl TaskService {
                 .filter(|t| t.server_id == server_id)
                 .ok_or_else(|| Error::NotFound(format!("task {task_id}")))?;
             let expected = t.status;
+            // The hub's clock, not the agent's: an agent's update may arrive late (the hub
+            // was down) and its clock may be off, and the reconciler counts from this.
             let now = Utc::now();
-            // The agent's clock may be off: never before creation, never in the future.
-            let at = u.at.clamp(t.created_at, now);
             let kind = match (u.outcome, expected) {
                 (TaskOutcome::Running, TaskStatus::Queued) => {
                     t.status = TaskStatus::Running;
-                    t.started_at = Some(at);
+                    t.started_at = Some(now);
                     EventType::TaskStarted
                 }
-                (TaskOutcome::Running, _) => return Ok(()),
+                (TaskOutcome::Running, TaskStatus::Running) => return Ok(()),
+                // Cancelled (or failed) before the agent started it: it must not run.
+                (TaskOutcome::Running, status) => {
+                    return Err(Error::Conflict(format!(
+                        "the task is already {}; do not run it",
+                        status.as_str()
+                    )));
+                }
                 (_, TaskStatus::Queued | TaskStatus::Running | TaskStatus::Interrupted) => {
                     let (status, kind) = match u.outcome {
                         TaskOutcome::Exited if u.exit_code == Some(0) => {
@@ -451,9 +494,12 @@ impl TaskService {
                         _ => (TaskStatus::Failed, EventType::TaskFailed),
                     };
                     t.status = status;
+                    t.cancel_requested = false;
                     t.finished_at = Some(now);
                     t.exit_code = u.exit_code;
-                    t.output_truncated = u.truncated;
+                    t.output_truncated = u.truncated
+                        || u.stdout.len() > MAX_TASK_OUTPUT
+                        || u.stderr.len() > MAX_TASK_OUTPUT;
                     if t.store_output {
                         t.stdout = Some(cut(u.stdout.clone()));
                         t.stderr = Some(cut(u.stderr.clone()));
@@ -480,6 +526,9 @@ impl TaskService {
             if let (Some(s), Some(f)) = (t.started_at, t.finished_at) {
                 event = event.meta("duration_ms", (f - s).num_milliseconds());
             }
+            if let (TaskStatus::Cancelled, Some(by)) = (t.status, &t.cancelled_by) {
+                event = event.meta("cancelled_by", by.clone());
+            }
             if self
                 .store
                 .transition_task(&t, expected, Some(&event))
@@ -488,7 +537,9 @@ impl TaskService {
                 return Ok(());
             }
         }
-        Err(Error::Conflict("the task changed meanwhile; retry".into()))
+        Err(Error::Unavailable(
+            "the task changed meanwhile; retry".into(),
+        ))
     }
 
     /// Mark running tasks interrupted when no result came within their timeout and the
@@ -497,10 +548,43 @@ impl TaskService {
         let mut n = 0;
         for mut t in self
             .store
+            .queued_tasks_created_before(now - self.queued_ttl)
+            .await?
+        {
+            t.status = TaskStatus::Failed;
+            t.finished_at = Some(now);
+            t.error = Some(format!(
+                "no agent picked it up within {} s (tasks.queued_ttl_secs)",
+                self.queued_ttl.num_seconds()
+            ));
+            let event = self
+                .event(EventType::TaskFailed, &Self::creator(&t), &t)
+                .meta("error", "not picked up");
+            if self
+                .store
+                .transition_task(&t, TaskStatus::Queued, Some(&event))
+                .await?
+            {
+                n += 1;
+            }
+        }
+        // Old finished tasks go, once an hour.
+        let last = self.last_prune.load(std::sync::atomic::Ordering::Relaxed);
+        if now.timestamp() - last >= 3600 {
+            self.last_prune
+                .store(now.timestamp(), std::sync::atomic::Ordering::Relaxed);
+            let pruned = self.store.prune_tasks(now - self.retention).await?;
+            if pruned > 0 {
+                tracing::info!(tasks = pruned, "old finished tasks deleted");
+            }
+        }
+        for mut t in self
+            .store
             .running_tasks_started_before(now - self.grace)
             .await?
         {
-            let started = t.started_at.unwrap_or(t.created_at);
+            // An agent cannot deliver while the hub is down: count from the hub's start.
+            let started = t.started_at.unwrap_or(t.created_at).max(self.started);
             if started + Duration::seconds(i64::from(t.timeout_secs)) + self.grace > now {
                 continue;
             }

@@ -385,3 +385,50 @@ async fn rules_are_validated_and_disabling_or_deleting_one_resolves_its_alerts()
         "status",
     );
 }
+
+#[tokio::test]
+async fn an_alert_resolves_when_its_server_leaves_the_rules_scope() {
+    let hub = TestHub::start().await;
+    let (server, token) = hub.create_server("tagged", &["prod"]).await;
+    let rule_id = rule(
+        &hub,
+        json!({ "name": "prod cpu", "metric": "cpu", "threshold": 50, "tag": "prod" }),
+    )
+    .await;
+    cpu(&hub, &token, Utc::now(), 80.0).await;
+    eventually(Duration::from_secs(5), "firing", || async {
+        (alerts(&hub, &format!("rule_id={rule_id}&status=firing"))
+            .await
+            .len()
+            == 1)
+            .then_some(())
+    })
+    .await;
+    hub.send_json(
+        Method::PUT,
+        &format!("/api/servers/{server}"),
+        &hub.admin_token,
+        json!({ "tags": ["staging"] }),
+    )
+    .await;
+    let resolved = eventually(Duration::from_secs(10), "resolved by the sweep", || async {
+        alerts(&hub, &format!("rule_id={rule_id}&status=resolved"))
+            .await
+            .into_iter()
+            .next()
+    })
+    .await;
+    assert_eq!(resolved["resolution"], "out of scope");
+    // A sample from an hour ago (a backfill) raises nothing.
+    let (other, other_token) = hub.create_server("late", &["prod"]).await;
+    cpu(
+        &hub,
+        &other_token,
+        Utc::now() - chrono::Duration::hours(1),
+        99.0,
+    )
+    .await;
+    let (sentinel_token, sentinel_rule) = sentinel(&hub).await;
+    settle(&hub, &sentinel_token, &sentinel_rule, Utc::now()).await;
+    assert!(alerts(&hub, &format!("server_id={other}")).await.is_empty());
+}

@@ -211,6 +211,17 @@ async fn a_queued_task_is_cancelled_at_once_and_never_runs() {
         .await;
     assert_eq!(answer["tasks"], json!([]));
     assert_eq!(hub.events("event_type=task.cancelled").await.len(), 1);
+    // An agent that was handed it before the cancel is told not to run it.
+    let running = json!({ "outcome": "running", "at": Utc::now() });
+    let got = send(
+        hub.client
+            .post(hub.url(&smon_proto::task_update_path(id)))
+            .bearer_auth(&token)
+            .json(&running),
+    )
+    .await;
+    assert_error(&got, StatusCode::CONFLICT, "do not run it");
+    assert_eq!(task["cancelled_by"], "admin");
 }
 
 #[tokio::test]
@@ -344,6 +355,22 @@ async fn fleet_tasks_target_a_tag_and_users_see_their_own_tasks() {
 
     let (_, mine) = hub.get("/api/tasks", &alice).await;
     assert_eq!(mine["total"], 2);
+    assert!(
+        mine["tasks"][0]["stdout"].is_null(),
+        "lists leave output out"
+    );
+    // The command is in the audit log, not in every viewer's recent activity.
+    let viewer = hub.token_for_role("viewer").await;
+    let (_, recent) = hub.get("/api/activity/recent?limit=10", &viewer).await;
+    let created = recent["activities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["event_type"] == "task.created")
+        .expect("task.created in recent activity");
+    assert!(created["meta"]["command"].is_null(), "{created}");
+    let audit = hub.events("event_type=task.created").await;
+    assert_eq!(audit[0]["meta"]["command"], "uptime");
     let servers: Vec<&str> = mine["tasks"]
         .as_array()
         .unwrap()

@@ -23,6 +23,7 @@ fn task_from_row(row: &SqliteRow) -> Result<TaskRecord> {
         store_output: row.try_get("store_output")?,
         status: TaskStatus::parse(&status).ok_or_else(|| corrupt("task status", &status))?,
         cancel_requested: row.try_get("cancel_requested")?,
+        cancelled_by: row.try_get("cancelled_by")?,
         created_by: row.try_get("created_by")?,
         created_by_name: row.try_get("created_by_name")?,
         created_at: from_ms(row.try_get("created_at")?),
@@ -135,6 +136,30 @@ impl TaskStore for SqliteStore {
         rows.iter().map(task_from_row).collect()
     }
 
+    async fn queued_tasks_created_before(
+        &self,
+        created_before: DateTime<Utc>,
+    ) -> Result<Vec<TaskRecord>> {
+        let rows = sqlx::query(
+            "SELECT * FROM tasks WHERE status IN ('queued', 'running') AND status = 'queued'
+                AND created_at < ? ORDER BY created_at",
+        )
+        .bind(ms(created_before))
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter().map(task_from_row).collect()
+    }
+
+    async fn prune_tasks(&self, before: DateTime<Utc>) -> Result<u64> {
+        let done = sqlx::query(
+            "DELETE FROM tasks WHERE created_at < ? AND status NOT IN ('queued', 'running')",
+        )
+        .bind(ms(before))
+        .execute(&self.write)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
     async fn transition_task(
         &self,
         t: &TaskRecord,
@@ -143,12 +168,14 @@ impl TaskStore for SqliteStore {
     ) -> Result<bool> {
         let mut tx = self.write.begin().await?;
         let done = sqlx::query(
-            "UPDATE tasks SET status = ?, cancel_requested = ?, started_at = ?, finished_at = ?,
-                exit_code = ?, stdout = ?, stderr = ?, output_truncated = ?, error = ?
+            "UPDATE tasks SET status = ?, cancel_requested = ?, cancelled_by = ?, started_at = ?,
+                finished_at = ?, exit_code = ?, stdout = ?, stderr = ?, output_truncated = ?,
+                error = ?
              WHERE id = ? AND status = ?",
         )
         .bind(t.status.as_str())
         .bind(t.cancel_requested)
+        .bind(&t.cancelled_by)
         .bind(t.started_at.map(ms))
         .bind(t.finished_at.map(ms))
         .bind(t.exit_code)
