@@ -141,12 +141,13 @@ fn init_logging(config: &Config) {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
+    let signal = shutdown_signal()?;
     let hub = Hub::start(config).await?;
     // The banner is best effort: a closed stdout (`smon serve | head -1`) must not stop the hub.
     if let Err(e) = print_banner(&hub) {
         tracing::warn!(error = %e, "cannot print the start banner");
     }
-    wait_for_signal().await?;
+    signal.await;
     tracing::info!("shutdown requested");
     match tokio::time::timeout(SHUTDOWN_LIMIT, hub.shutdown(SHUTDOWN_GRACE)).await {
         Ok(result) => result,
@@ -200,19 +201,26 @@ fn print_banner(hub: &Hub) -> std::io::Result<()> {
     out.flush()
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
+/// Register for SIGTERM and SIGINT now and return what waits for either. Registering before
+/// the banner matters: a signal that arrives before its handler kills the process outright.
+fn shutdown_signal()
+-> anyhow::Result<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
         let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
-        tokio::select! {
-            r = tokio::signal::ctrl_c() => r.context("SIGINT handler")?,
-            _ = term.recv() => {}
-        }
+        let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+        Ok(Box::pin(async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }))
     }
     #[cfg(not(unix))]
-    tokio::signal::ctrl_c().await.context("Ctrl-C handler")?;
-    Ok(())
+    Ok(Box::pin(async {
+        let _ = tokio::signal::ctrl_c().await;
+    }))
 }
 
 fn password_from(stdin: bool) -> anyhow::Result<(String, bool)> {
