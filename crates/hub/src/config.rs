@@ -283,8 +283,8 @@ impl Default for WebhooksConfig {
     fn default() -> Self {
         Self {
             allow_cidrs: Vec::new(),
-            workers: 4,
-            per_webhook_concurrency: 2,
+            workers: 16,
+            per_webhook_concurrency: 4,
             retry_base_secs: 30,
             retry_cap_secs: 3600,
             disable_after_secs: 24 * 3600,

@@ -38,6 +38,8 @@ pub struct SqliteStore {
     new_jobs: Arc<Notify>,
     /// Bumped after every commit that wrote an event (caches of event reads key on it).
     event_commits: Arc<std::sync::atomic::AtomicU64>,
+    /// Delivery attempts to record, batched by [`webhooks::run_finisher`].
+    finishes: tokio::sync::mpsc::UnboundedSender<webhooks::Finish>,
 }
 
 impl SqliteStore {
@@ -72,13 +74,24 @@ impl SqliteStore {
             .connect_with(options.read_only(true))
             .await
             .context("cannot open read connections")?;
-        Ok(Self {
+        let (finishes, requests) = tokio::sync::mpsc::unbounded_channel();
+        let store = Self {
             read,
             write,
             new_events: Arc::new(Notify::new()),
             new_jobs: Arc::new(Notify::new()),
             event_commits: Arc::default(),
-        })
+            finishes,
+        };
+        // The finisher holds a store without a sender of its own, so it ends when the last
+        // handle of this store is dropped.
+        let (closed, _) = tokio::sync::mpsc::unbounded_channel();
+        let finisher = Self {
+            finishes: closed,
+            ..store.clone()
+        };
+        tokio::spawn(webhooks::run_finisher(finisher, requests));
+        Ok(store)
     }
 }
 

@@ -305,65 +305,22 @@ impl WebhookStore for SqliteStore {
         delivery: &DeliveryRecord,
         effects: AttemptEffects<'_>,
     ) -> Result<()> {
-        let mut tx = self.write.begin().await?;
-        insert_delivery(&mut tx, delivery).await?;
-        match effects.retry_at {
-            Some(at) => {
-                sqlx::query(
-                    "UPDATE webhook_jobs SET attempt = ?, next_attempt_at = ?, locked_until = NULL
-                     WHERE id = ?",
-                )
-                .bind(i64::from(delivery.attempt))
-                .bind(ms(at))
-                .bind(&job.id)
-                .execute(&mut *tx)
-                .await?;
-            }
-            None => {
-                sqlx::query("DELETE FROM webhook_jobs WHERE id = ?")
-                    .bind(&job.id)
-                    .execute(&mut *tx)
-                    .await?;
-            }
+        let (ack, done) = tokio::sync::oneshot::channel();
+        let request = Finish {
+            job: job.clone(),
+            delivery: delivery.clone(),
+            retry_at: effects.retry_at,
+            succeeded: effects.succeeded,
+            disable: effects
+                .disable
+                .map(|(reason, event)| (reason.to_string(), event.clone())),
+            ack,
+        };
+        if self.finishes.send(request).is_err() {
+            return Err(Error::Unavailable("the store is closing".into()));
         }
-        let stamp = ms(delivery.delivered_at);
-        let failing_since = if effects.succeeded { None } else { Some(stamp) };
-        sqlx::query(
-            "UPDATE webhooks SET last_triggered_at = ?,
-                failing_since = CASE WHEN ? IS NULL THEN NULL ELSE COALESCE(failing_since, ?) END
-             WHERE id = ?",
-        )
-        .bind(stamp)
-        .bind(failing_since)
-        .bind(failing_since)
-        .bind(&job.webhook_id)
-        .execute(&mut *tx)
-        .await?;
-        let mut wrote_event = false;
-        if let Some((reason, event)) = effects.disable {
-            let done = sqlx::query(
-                "UPDATE webhooks SET enabled = FALSE, disabled_reason = ?, updated_at = ?
-                 WHERE id = ? AND enabled",
-            )
-            .bind(reason)
-            .bind(stamp)
-            .bind(&job.webhook_id)
-            .execute(&mut *tx)
-            .await?;
-            // Several workers may conclude the same: only the first disables and tells.
-            if done.rows_affected() == 1 {
-                insert_event(&mut tx, event).await?;
-                wrote_event = true;
-            }
-        }
-        tx.commit().await?;
-        if wrote_event {
-            self.events_committed();
-        }
-        if effects.retry_at.is_some() {
-            self.new_jobs.notify_waiters();
-        }
-        Ok(())
+        done.await
+            .unwrap_or_else(|_| Err(Error::Unavailable("the store is closing".into())))
     }
 
     async fn record_test(&self, delivery: &DeliveryRecord, event: &Event) -> Result<()> {
@@ -465,4 +422,117 @@ impl WebhookStore for SqliteStore {
     fn job_signal(&self) -> Arc<Notify> {
         self.new_jobs.clone()
     }
+}
+
+/// One attempt to record, waiting for its batch to commit.
+pub(super) struct Finish {
+    job: JobRecord,
+    delivery: DeliveryRecord,
+    retry_at: Option<DateTime<Utc>>,
+    succeeded: bool,
+    disable: Option<(String, Event)>,
+    ack: tokio::sync::oneshot::Sender<Result<()>>,
+}
+
+/// Most attempts recorded in one transaction.
+const FINISH_BATCH: usize = 128;
+
+/// Record attempts in batches: whatever the delivery workers finished while the previous
+/// batch committed goes into one transaction. Each attempt is several statements, and on
+/// SQLite every statement is a hand-off to the connection's thread: batching is what lets
+/// deliveries outpace that (a profile showed the hand-offs, not SQLite, as the limit).
+pub(super) async fn run_finisher(
+    store: SqliteStore,
+    mut requests: tokio::sync::mpsc::UnboundedReceiver<Finish>,
+) {
+    while let Some(first) = requests.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < FINISH_BATCH {
+            match requests.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        let result = finish_batch(&store, &batch).await;
+        match result {
+            Ok((wrote_event, retrying)) => {
+                if wrote_event {
+                    store.events_committed();
+                }
+                if retrying {
+                    store.new_jobs.notify_waiters();
+                }
+                for r in batch {
+                    let _ = r.ack.send(Ok(()));
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, attempts = batch.len(), "cannot record delivery attempts");
+                for r in batch {
+                    let _ = r.ack.send(Err(Error::Internal(anyhow::anyhow!(
+                        "cannot record the attempt: {e}"
+                    ))));
+                }
+            }
+        }
+    }
+}
+
+async fn finish_batch(store: &SqliteStore, batch: &[Finish]) -> Result<(bool, bool)> {
+    let mut tx = store.write.begin().await?;
+    let (mut wrote_event, mut retrying) = (false, false);
+    for f in batch {
+        insert_delivery(&mut tx, &f.delivery).await?;
+        match f.retry_at {
+            Some(at) => {
+                retrying = true;
+                sqlx::query(
+                    "UPDATE webhook_jobs SET attempt = ?, next_attempt_at = ?, locked_until = NULL
+                     WHERE id = ?",
+                )
+                .bind(i64::from(f.delivery.attempt))
+                .bind(ms(at))
+                .bind(&f.job.id)
+                .execute(&mut *tx)
+                .await?;
+            }
+            None => {
+                sqlx::query("DELETE FROM webhook_jobs WHERE id = ?")
+                    .bind(&f.job.id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        let stamp = ms(f.delivery.delivered_at);
+        let failing_since = if f.succeeded { None } else { Some(stamp) };
+        sqlx::query(
+            "UPDATE webhooks SET last_triggered_at = ?,
+                failing_since = CASE WHEN ? IS NULL THEN NULL ELSE COALESCE(failing_since, ?) END
+             WHERE id = ?",
+        )
+        .bind(stamp)
+        .bind(failing_since)
+        .bind(failing_since)
+        .bind(&f.job.webhook_id)
+        .execute(&mut *tx)
+        .await?;
+        if let Some((reason, event)) = &f.disable {
+            let done = sqlx::query(
+                "UPDATE webhooks SET enabled = FALSE, disabled_reason = ?, updated_at = ?
+                 WHERE id = ? AND enabled",
+            )
+            .bind(reason)
+            .bind(stamp)
+            .bind(&f.job.webhook_id)
+            .execute(&mut *tx)
+            .await?;
+            // Several workers may conclude the same: only the first disables and tells.
+            if done.rows_affected() == 1 {
+                insert_event(&mut tx, event).await?;
+                wrote_event = true;
+            }
+        }
+    }
+    tx.commit().await?;
+    Ok((wrote_event, retrying))
 }
