@@ -482,32 +482,7 @@ mod tests {
 
     #[test]
     fn pseudo_filesystems_are_recognised() {
-        for fs in [
-            "proc",
-            "sysfs",
-            "tmpfs",
-            "devtmpfs",
-            "cgroup",
-            "cgroup2",
-            "devpts",
-            "mqueue",
-            "securityfs",
-            "debugfs",
-            "tracefs",
-            "pstore",
-            "bpf",
-            "configfs",
-            "fusectl",
-            "hugetlbfs",
-            "autofs",
-            "binfmt_misc",
-            "nsfs",
-            "ramfs",
-            "squashfs",
-            "efivarfs",
-            "rpc_pipefs",
-            "selinuxfs",
-        ] {
+        for fs in ["proc", "sysfs", "tmpfs", "cgroup2", "squashfs", "devpts"] {
             assert!(is_pseudo_fs(fs), "{fs} should be pseudo");
         }
         for fs in [

@@ -446,22 +446,16 @@ impl FleetService {
         let now = Utc::now();
         let secret = token::generate(token::AGENT_PREFIX);
         let record = ServerRecord {
-            seq: 0,
-            id: Uuid::now_v7().to_string(),
-            name: validate::server_name(&new.name)?,
             description: description(new.description)?,
             tags: validate::tags(&new.tags)?,
-            token_hash: token::digest(&secret),
-            is_local: false,
             interval_secs: interval(new.interval_secs)?,
-            status: ServerStatus::Unknown,
-            last_seen_at: None,
-            agent_version: None,
-            agent_interval_secs: None,
-            latest_sample: None,
             created_by: origin.user_id.clone(),
-            created_at: now,
-            updated_at: now,
+            ..ServerRecord::new(
+                Uuid::now_v7().to_string(),
+                validate::server_name(&new.name)?,
+                token::digest(&secret),
+                now,
+            )
         };
         let event = server_event(EventType::ServerCreated, origin, &record)
             .meta("tags", record.tags.clone());
@@ -494,25 +488,18 @@ impl FleetService {
             .expect("an unused name exists");
         let now = Utc::now();
         let record = ServerRecord {
-            seq: 0,
-            id: Uuid::now_v7().to_string(),
-            name,
             description: Some(
                 "The machine the hub runs on, reported by its embedded agent.".into(),
             ),
             tags: vec!["hub".into()],
-            // Nobody holds this token: the embedded agent reports in-process.
-            token_hash: token::digest(&token::generate(token::AGENT_PREFIX)),
             is_local: true,
-            interval_secs: None,
-            status: ServerStatus::Unknown,
-            last_seen_at: None,
-            agent_version: None,
-            agent_interval_secs: None,
-            latest_sample: None,
-            created_by: None,
-            created_at: now,
-            updated_at: now,
+            // Nobody holds this token: the embedded agent reports in-process.
+            ..ServerRecord::new(
+                Uuid::now_v7().to_string(),
+                name,
+                token::digest(&token::generate(token::AGENT_PREFIX)),
+                now,
+            )
         };
         let event =
             server_event(EventType::ServerCreated, &Origin::default(), &record).meta("local", true);

@@ -327,6 +327,30 @@ pub struct ServerRecord {
     pub updated_at: DateTime<Utc>,
 }
 
+impl ServerRecord {
+    /// A server that has never reported, with everything else to fill in.
+    pub fn new(id: String, name: String, token_hash: String, now: DateTime<Utc>) -> Self {
+        ServerRecord {
+            seq: 0,
+            id,
+            name,
+            description: None,
+            tags: Vec::new(),
+            token_hash,
+            is_local: false,
+            interval_secs: None,
+            status: ServerStatus::Unknown,
+            last_seen_at: None,
+            agent_version: None,
+            agent_interval_secs: None,
+            latest_sample: None,
+            created_by: None,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+}
+
 /// A metric's values in one sample, in [`crate::fleet::metric::Metric::ALL`] order.
 pub type MetricValues = [Option<f64>; crate::fleet::metric::Metric::COUNT];
 

@@ -454,25 +454,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("f.db").display());
         let store = SqliteStore::open(&url).await.unwrap();
-        let now = Utc::now();
-        let server = ServerRecord {
-            seq: 0,
-            id: "s1".into(),
-            name: "one".into(),
-            description: None,
-            tags: vec![],
-            token_hash: "h".into(),
-            is_local: false,
-            interval_secs: None,
-            status: ServerStatus::Unknown,
-            last_seen_at: None,
-            agent_version: None,
-            agent_interval_secs: None,
-            latest_sample: None,
-            created_by: None,
-            created_at: now,
-            updated_at: now,
-        };
+        let server = ServerRecord::new("s1".into(), "one".into(), "h".into(), Utc::now());
         let event = Event::new(EventType::ServerCreated, &Origin::default());
         let seq = store.insert_server(&server, &event).await.unwrap();
         (dir, store, seq)

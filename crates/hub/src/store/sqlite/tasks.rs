@@ -52,6 +52,27 @@ fn push_filter<'a>(q: &mut QueryBuilder<'a, Sqlite>, f: &'a TaskFilter) {
     }
 }
 
+impl SqliteStore {
+    /// Unfinished tasks in `status` whose `column` (a time) is before `before`, oldest first.
+    /// The repeated status test lets the partial index of unfinished tasks serve the query.
+    async fn open_tasks_before(
+        &self,
+        status: &'static str,
+        column: &'static str,
+        before: DateTime<Utc>,
+    ) -> Result<Vec<TaskRecord>> {
+        let rows = sqlx::query(&format!(
+            "SELECT * FROM tasks WHERE status IN ('queued', 'running') AND status = ?
+                AND {column} < ? ORDER BY {column}"
+        ))
+        .bind(status)
+        .bind(ms(before))
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter().map(task_from_row).collect()
+    }
+}
+
 #[async_trait]
 impl TaskStore for SqliteStore {
     async fn insert_tasks(&self, tasks: &[(TaskRecord, Event)]) -> Result<()> {
@@ -126,28 +147,16 @@ impl TaskStore for SqliteStore {
         &self,
         started_before: DateTime<Utc>,
     ) -> Result<Vec<TaskRecord>> {
-        let rows = sqlx::query(
-            "SELECT * FROM tasks WHERE status IN ('queued', 'running') AND status = 'running'
-                AND started_at < ? ORDER BY started_at",
-        )
-        .bind(ms(started_before))
-        .fetch_all(&self.read)
-        .await?;
-        rows.iter().map(task_from_row).collect()
+        self.open_tasks_before("running", "started_at", started_before)
+            .await
     }
 
     async fn queued_tasks_created_before(
         &self,
         created_before: DateTime<Utc>,
     ) -> Result<Vec<TaskRecord>> {
-        let rows = sqlx::query(
-            "SELECT * FROM tasks WHERE status IN ('queued', 'running') AND status = 'queued'
-                AND created_at < ? ORDER BY created_at",
-        )
-        .bind(ms(created_before))
-        .fetch_all(&self.read)
-        .await?;
-        rows.iter().map(task_from_row).collect()
+        self.open_tasks_before("queued", "created_at", created_before)
+            .await
     }
 
     async fn prune_tasks(&self, before: DateTime<Utc>) -> Result<u64> {
