@@ -58,6 +58,8 @@ impl TaskPolicy {
 
 /// How many finished task ids are remembered, so a task the hub repeats is not run twice.
 const REMEMBERED: usize = 4096;
+/// Tasks running at once; more wait their turn (queued on the hub until they start).
+const CONCURRENT_TASKS: usize = 8;
 
 /// The tasks this agent knows about.
 pub struct Tasks<L> {
@@ -65,6 +67,7 @@ pub struct Tasks<L> {
     policy: Arc<TaskPolicy>,
     shutdown: CancellationToken,
     state: Mutex<Known>,
+    slots: tokio::sync::Semaphore,
 }
 
 #[derive(Default)]
@@ -82,6 +85,7 @@ impl<L: HubLink> Tasks<L> {
             policy: Arc::new(policy),
             shutdown,
             state: Mutex::default(),
+            slots: tokio::sync::Semaphore::new(CONCURRENT_TASKS),
         })
     }
 
@@ -139,6 +143,14 @@ impl<L: HubLink> Tasks<L> {
                 .await;
             return;
         }
+        // Its turn first: the hub keeps it queued (and cancellable) until it starts.
+        let _slot = tokio::select! {
+            _ = self.shutdown.cancelled() => return,
+            slot = self.slots.acquire() => match slot {
+                Ok(slot) => slot,
+                Err(_) => return,
+            },
+        };
         // Run only once the hub has agreed: it refuses when the task was cancelled meanwhile.
         if !self.report(&a.id, update(TaskOutcome::Running, None)).await {
             return;
