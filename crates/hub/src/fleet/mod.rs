@@ -980,12 +980,20 @@ impl FleetService {
                 .unwrap_or(report.interval_secs);
             (interval, requests, came_online)
         };
+        // If the agent hangs up meanwhile, this future is dropped: the guard still lets offline
+        // detection see the server again.
+        let mut pending = InFlightGuard {
+            fleet: self,
+            id,
+            armed: true,
+        };
         let stored = match done.await {
             Ok(result) => result,
             Err(_) => Err(Error::Unavailable(
                 "the hub is stopping; retry later".into(),
             )),
         };
+        pending.armed = false;
         {
             let mut state = self.write();
             if let Some(entry) = state.by_id.get_mut(id) {
@@ -1135,6 +1143,23 @@ impl FleetService {
             }
         }
         Ok(deleted)
+    }
+}
+
+/// Counts a report as committed-or-not once its request ends, however it ends.
+struct InFlightGuard<'a> {
+    fleet: &'a FleetService,
+    id: &'a str,
+    armed: bool,
+}
+
+impl Drop for InFlightGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            if let Some(entry) = self.fleet.write().by_id.get_mut(self.id) {
+                entry.in_flight = entry.in_flight.saturating_sub(1);
+            }
+        }
     }
 }
 

@@ -1007,3 +1007,29 @@ async fn clearing_a_servers_interval_returns_the_agent_to_its_own() {
     let (_, answer) = hub.post_report(&token, &body).await;
     assert_eq!(answer["interval_secs"], 10);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_that_hangs_up_mid_report_still_goes_offline_when_silent() {
+    let hub = TestHub::start().await;
+    let (id, token) = hub.create_server("gone-mid-report", &[]).await;
+    let body = agent::report(vec![agent::sample(Utc::now(), 3.0)], None);
+    let mut locker = crate::common::process::hold_write_lock(&hub.data_dir().join("smon.db"));
+    // The agent gives up while its report waits for the database.
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    let sent = impatient
+        .post(hub.url(smon_proto::REPORT_PATH))
+        .bearer_auth(&token)
+        .json(&body)
+        .send()
+        .await;
+    assert!(sent.is_err(), "the request should have timed out: {sent:?}");
+    locker.kill().unwrap();
+    locker.wait().unwrap();
+    eventually(Duration::from_secs(15), "the server offline", || async {
+        (hub.server(&id).await["status"] == "offline").then_some(())
+    })
+    .await;
+}
