@@ -424,20 +424,18 @@ impl TaskService {
     /// Add the server's queued tasks and pending cancels to a report's answer.
     pub async fn attach(&self, server_id: &str, answer: &mut ReportResponse) -> Result<()> {
         // Taken out before the read and put back if anything is open, so a task created
-        // meanwhile (which adds its server after its commit) is never forgotten.
+        // meanwhile (which adds its server after its commit) is never forgotten. The guard
+        // puts it back on every way out, a dropped request included, unless nothing is open.
         if !self.open().remove(server_id) {
             return Ok(());
         }
-        let open = match self.store.open_tasks(server_id).await {
-            Ok(open) => open,
-            Err(e) => {
-                self.open().insert(server_id.to_string());
-                return Err(e);
-            }
+        let mut keep = KeepOpen {
+            tasks: self,
+            server_id,
+            armed: true,
         };
-        if !open.is_empty() {
-            self.open().insert(server_id.to_string());
-        }
+        let open = self.store.open_tasks(server_id).await?;
+        keep.armed = !open.is_empty();
         for t in open {
             match t.status {
                 TaskStatus::Queued => answer.tasks.push(TaskAssignment {
@@ -603,6 +601,21 @@ impl TaskService {
             }
         }
         Ok(n)
+    }
+}
+
+/// Puts a server back among those with open tasks when dropped, unless disarmed.
+struct KeepOpen<'a> {
+    tasks: &'a TaskService,
+    server_id: &'a str,
+    armed: bool,
+}
+
+impl Drop for KeepOpen<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.tasks.open().insert(self.server_id.to_string());
+        }
     }
 }
 
