@@ -264,8 +264,13 @@ impl TaskService {
                 (t, event)
             })
             .collect();
+        // Marked open however this ends (after the commit, or on a dropped request): marking
+        // a server whose insert failed costs one empty lookup.
+        let _mark = MarkOpen {
+            tasks: self,
+            server_ids,
+        };
         self.store.insert_tasks(&tasks).await?;
-        self.open().extend(server_ids.iter().cloned());
         Ok(tasks.into_iter().map(|(t, _)| self.view(t)).collect())
     }
 
@@ -601,6 +606,18 @@ impl TaskService {
             }
         }
         Ok(n)
+    }
+}
+
+/// Marks servers as having open tasks when dropped.
+struct MarkOpen<'a> {
+    tasks: &'a TaskService,
+    server_ids: &'a [String],
+}
+
+impl Drop for MarkOpen<'_> {
+    fn drop(&mut self) {
+        self.tasks.open().extend(self.server_ids.iter().cloned());
     }
 }
 
