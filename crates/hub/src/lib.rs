@@ -25,3 +25,16 @@ pub use config::Config;
 
 /// The hub's version, as reported by `/api/health` and the CLI.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Run a change to its end even if the request that asked for it goes away (a client that
+/// hangs up drops its handler): a change that writes the database and then the memory state
+/// must do both or neither.
+pub(crate) async fn to_completion<T: Send + 'static>(
+    change: impl std::future::Future<Output = error::Result<T>> + Send + 'static,
+) -> error::Result<T> {
+    tokio::spawn(change).await.unwrap_or_else(|e| {
+        Err(error::Error::Internal(anyhow::anyhow!(
+            "a change did not complete: {e}"
+        )))
+    })
+}

@@ -306,6 +306,13 @@ impl AlertService {
 
     /// Create a rule.
     pub async fn create(&self, origin: &Origin, input: RuleInput) -> Result<RuleView> {
+        let this = self.clone();
+        let origin = origin.clone();
+        crate::to_completion(async move { this.create_now(&origin, input).await }).await
+    }
+
+    /// The change itself (see the public method).
+    async fn create_now(&self, origin: &Origin, input: RuleInput) -> Result<RuleView> {
         if input.name.is_none() {
             return Err(Error::invalid("name", "is required"));
         }
@@ -348,6 +355,13 @@ impl AlertService {
 
     /// Change a rule. Pending evaluations start over; a rule disabled resolves its alerts.
     pub async fn update(&self, origin: &Origin, id: &str, input: RuleInput) -> Result<RuleView> {
+        let this = self.clone();
+        let (origin, id) = (origin.clone(), id.to_string());
+        crate::to_completion(async move { this.update_now(&origin, &id, input).await }).await
+    }
+
+    /// The change itself (see the public method).
+    async fn update_now(&self, origin: &Origin, id: &str, input: RuleInput) -> Result<RuleView> {
         let mut engine = self.engine.lock().await;
         let index = engine
             .rules
@@ -400,6 +414,13 @@ impl AlertService {
 
     /// Delete a rule; its firing alerts resolve.
     pub async fn delete(&self, origin: &Origin, id: &str) -> Result<()> {
+        let this = self.clone();
+        let (origin, id) = (origin.clone(), id.to_string());
+        crate::to_completion(async move { this.delete_now(&origin, &id).await }).await
+    }
+
+    /// The change itself (see the public method).
+    async fn delete_now(&self, origin: &Origin, id: &str) -> Result<()> {
         let mut engine = self.engine.lock().await;
         let rule = engine
             .rules

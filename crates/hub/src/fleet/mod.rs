@@ -443,6 +443,13 @@ impl FleetService {
 
     /// Create a server; returns it and its agent token (shown this once).
     pub async fn create(&self, origin: &Origin, new: NewServer) -> Result<(ServerView, String)> {
+        let this = self.clone();
+        let origin = origin.clone();
+        crate::to_completion(async move { this.create_now(&origin, new).await }).await
+    }
+
+    /// The change itself (see the public method).
+    async fn create_now(&self, origin: &Origin, new: NewServer) -> Result<(ServerView, String)> {
         let now = Utc::now();
         let secret = token::generate(token::AGENT_PREFIX);
         let record = ServerRecord {
@@ -661,6 +668,18 @@ impl FleetService {
         id: &str,
         patch: ServerPatch,
     ) -> Result<ServerView> {
+        let this = self.clone();
+        let (origin, id) = (origin.clone(), id.to_string());
+        crate::to_completion(async move { this.update_now(&origin, &id, patch).await }).await
+    }
+
+    /// The change itself (see the public method).
+    async fn update_now(
+        &self,
+        origin: &Origin,
+        id: &str,
+        patch: ServerPatch,
+    ) -> Result<ServerView> {
         let before = self.entry(id)?.record;
         let mut record = before.clone();
         let mut changes = Vec::new();
@@ -720,6 +739,13 @@ impl FleetService {
 
     /// Replace a server's agent token; the old one stops working at once.
     pub async fn rotate_token(&self, origin: &Origin, id: &str) -> Result<String> {
+        let this = self.clone();
+        let (origin, id) = (origin.clone(), id.to_string());
+        crate::to_completion(async move { this.rotate_token_now(&origin, &id).await }).await
+    }
+
+    /// The change itself (see the public method).
+    async fn rotate_token_now(&self, origin: &Origin, id: &str) -> Result<String> {
         let mut record = self.entry(id)?.record;
         let secret = token::generate(token::AGENT_PREFIX);
         let old_hash = std::mem::replace(&mut record.token_hash, token::digest(&secret));
@@ -741,6 +767,13 @@ impl FleetService {
 
     /// Delete a server with its history.
     pub async fn delete(&self, origin: &Origin, id: &str) -> Result<()> {
+        let this = self.clone();
+        let (origin, id) = (origin.clone(), id.to_string());
+        crate::to_completion(async move { this.delete_now(&origin, &id).await }).await
+    }
+
+    /// The change itself (see the public method).
+    async fn delete_now(&self, origin: &Origin, id: &str) -> Result<()> {
         let record = self.entry(id)?.record;
         let event = server_event(EventType::ServerDeleted, origin, &record);
         self.inner.store.delete_server(record.seq, &event).await?;
@@ -754,6 +787,13 @@ impl FleetService {
 
     /// Ask the agent for its inventory with its next report.
     pub async fn request_inventory(&self, origin: &Origin, id: &str) -> Result<()> {
+        let this = self.clone();
+        let (origin, id) = (origin.clone(), id.to_string());
+        crate::to_completion(async move { this.request_inventory_now(&origin, &id).await }).await
+    }
+
+    /// The change itself (see the public method).
+    async fn request_inventory_now(&self, origin: &Origin, id: &str) -> Result<()> {
         let record = self.entry(id)?.record;
         let event = server_event(EventType::InventoryRefresh, origin, &record);
         self.inner.store.append_event(&event).await?;
