@@ -12,8 +12,9 @@ use moka::sync::Cache;
 use crate::config::CacheConfig;
 use crate::error::Result;
 
-/// Most entries one cache holds: query strings are the client's to choose.
-const CAPACITY: u64 = 2048;
+/// Most bytes of answers one cache holds: query strings (and so entries) are the client's to
+/// choose, and a page of 1,000 servers is large.
+const CAPACITY_BYTES: u64 = 32 * 1024 * 1024;
 
 /// One cached endpoint.
 pub struct ResponseCache {
@@ -29,7 +30,10 @@ impl ResponseCache {
             name,
             entries: (enabled && ttl_secs > 0).then(|| {
                 Cache::builder()
-                    .max_capacity(CAPACITY)
+                    .weigher(|key: &String, value: &Bytes| {
+                        u32::try_from(key.len() + value.len()).unwrap_or(u32::MAX)
+                    })
+                    .max_capacity(CAPACITY_BYTES)
                     .time_to_live(Duration::from_secs(ttl_secs))
                     .build()
             }),

@@ -527,6 +527,17 @@ impl Config {
                 }
             }
         }
+        let t = &self.tasks;
+        if !(60..=365 * 86_400).contains(&t.queued_ttl_secs)
+            || !(1..=36_500).contains(&t.retention_days)
+            || !(1..=86_400).contains(&t.result_grace_secs)
+        {
+            return invalid(
+                "tasks: queued_ttl_secs must be 60 s to a year, retention_days 1 to 36500, \
+                 result_grace_secs 1 to 86400"
+                    .into(),
+            );
+        }
         if !matches!(self.tasks.policy.as_str(), "denylist" | "allowlist") {
             return invalid(format!(
                 "tasks.policy: {:?} is not denylist or allowlist",

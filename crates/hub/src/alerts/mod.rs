@@ -783,7 +783,8 @@ impl AlertService {
                     key,
                     Phase::Pending {
                         since,
-                        last: since,
+                        // The breach was just seen: a retry must not read it as a silence.
+                        last: Utc::now(),
                         value,
                         server_name: server_name.to_string(),
                     },
@@ -860,8 +861,8 @@ pub async fn run_evaluator(
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     let mut sweep = tokio::time::interval(std::time::Duration::from_secs(SWEEP_SECS));
     loop {
+        // Not biased: a backlog of reports must not starve the sweep and the offline tick.
         tokio::select! {
-            biased;
             _ = shutdown.cancelled() => break,
             Some(o) = observations.changes.recv() => alerts.observe(o).await,
             Some(o) = observations.reports.recv() => alerts.observe(o).await,

@@ -401,6 +401,8 @@ impl FleetService {
         self.inner.generation.load(Ordering::Acquire)
     }
 
+    /// Call once a change is in memory (or under the write lock that makes it): a reader that
+    /// sees the new generation must see the change.
     fn changed(&self) {
         self.inner.generation.fetch_add(1, Ordering::AcqRel);
     }
@@ -762,6 +764,10 @@ impl FleetService {
             e.record.token_hash = record.token_hash;
             e.record.updated_at = record.updated_at;
         }
+        // After the change, so that no answer of the old state is filed under the new
+        // generation.
+        drop(state);
+        self.changed();
         Ok(secret)
     }
 

@@ -646,7 +646,7 @@ pub async fn run_reconciler(tasks: TaskService, shutdown: tokio_util::sync::Canc
             _ = shutdown.cancelled() => break,
             _ = tick.tick() => match tasks.reconcile(Utc::now()).await {
                 Ok(0) => {}
-                Ok(n) => tracing::warn!(tasks = n, "tasks interrupted: no result within their timeout"),
+                Ok(n) => tracing::warn!(tasks = n, "tasks failed: no result within their timeout, or never picked up"),
                 Err(e) => tracing::warn!(error = %e, "task reconciliation failed"),
             },
         }

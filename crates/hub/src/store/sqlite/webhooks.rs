@@ -454,25 +454,39 @@ pub(super) async fn run_finisher(
             }
         }
         let result = finish_batch(&store, &batch).await;
-        match result {
-            Ok((wrote_event, retrying)) => {
-                if wrote_event {
-                    store.events_committed();
-                }
-                if retrying {
-                    store.new_jobs.notify_waiters();
-                }
-                for r in batch {
-                    let _ = r.ack.send(Ok(()));
-                }
+        if result.is_err() && batch.len() > 1 {
+            // One bad attempt (its webhook deleted meanwhile, say) must not fail the others:
+            // record them one by one.
+            for one in batch {
+                let result = finish_batch(&store, std::slice::from_ref(&one)).await;
+                settle(&store, vec![one], result);
             }
-            Err(e) => {
-                tracing::warn!(error = %e, attempts = batch.len(), "cannot record delivery attempts");
-                for r in batch {
-                    let _ = r.ack.send(Err(Error::Internal(anyhow::anyhow!(
-                        "cannot record the attempt: {e}"
-                    ))));
-                }
+            continue;
+        }
+        settle(&store, batch, result);
+    }
+}
+
+/// Tell the workers how their attempts' batch went, and wake whoever waits on its effects.
+fn settle(store: &SqliteStore, batch: Vec<Finish>, result: Result<(bool, bool)>) {
+    match result {
+        Ok((wrote_event, retrying)) => {
+            if wrote_event {
+                store.events_committed();
+            }
+            if retrying {
+                store.new_jobs.notify_waiters();
+            }
+            for r in batch {
+                let _ = r.ack.send(Ok(()));
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, attempts = batch.len(), "cannot record delivery attempts");
+            for r in batch {
+                let _ = r.ack.send(Err(Error::Internal(anyhow::anyhow!(
+                    "cannot record the attempt: {e}"
+                ))));
             }
         }
     }
@@ -535,4 +549,92 @@ async fn finish_batch(store: &SqliteStore, batch: &[Finish]) -> Result<(bool, bo
     }
     tx.commit().await?;
     Ok((wrote_event, retrying))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::{EventType, Origin};
+
+    fn webhook(id: &str) -> WebhookRecord {
+        let now = Utc::now();
+        WebhookRecord {
+            id: id.into(),
+            name: id.into(),
+            url: "http://127.0.0.1:9/".into(),
+            secret: None,
+            previous_secret: None,
+            previous_secret_expires_at: None,
+            enabled: true,
+            event_types: None,
+            retry_max: 3,
+            timeout_secs: 5,
+            created_by: None,
+            created_at: now,
+            updated_at: now,
+            last_triggered_at: None,
+            failing_since: None,
+            disabled_reason: None,
+        }
+    }
+
+    fn job(webhook_id: &str) -> (JobRecord, DeliveryRecord) {
+        let job = JobRecord {
+            id: format!("job-{webhook_id}"),
+            webhook_id: webhook_id.into(),
+            event_id: "e1".into(),
+            event_type: "user.created".into(),
+            payload: "{}".into(),
+            attempt: 0,
+            next_attempt_at: Utc::now(),
+        };
+        let delivery = DeliveryRecord {
+            id: format!("delivery-{webhook_id}"),
+            webhook_id: webhook_id.into(),
+            event_id: "e1".into(),
+            event_type: "user.created".into(),
+            status: "success",
+            status_code: Some(200),
+            response_body: None,
+            error: None,
+            attempt: 1,
+            delivered_at: Utc::now(),
+            duration_ms: 3,
+        };
+        (job, delivery)
+    }
+
+    #[tokio::test]
+    async fn one_failing_attempt_does_not_fail_the_others_of_its_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("w.db").display());
+        let store = SqliteStore::open(&url).await.unwrap();
+        for id in ["kept", "gone"] {
+            let created = Event::new(EventType::WebhookCreated, &Origin::default());
+            store.insert_webhook(&webhook(id), &created).await.unwrap();
+            store.enqueue_job(&job(id).0).await.unwrap();
+        }
+        // Deleted while its attempt was in flight: recording that attempt must fail alone.
+        let deleted = Event::new(EventType::WebhookDeleted, &Origin::default());
+        store.delete_webhook("gone", &deleted).await.unwrap();
+        let effects = || AttemptEffects {
+            retry_at: None,
+            succeeded: true,
+            disable: None,
+        };
+        let ((kept_job, kept), (gone_job, gone)) = (job("kept"), job("gone"));
+        // Both reach the finisher before it runs, so they share a batch.
+        let (a, b) = tokio::join!(
+            store.finish_attempt(&kept_job, &kept, effects()),
+            store.finish_attempt(&gone_job, &gone, effects()),
+        );
+        a.expect("the good attempt is recorded");
+        assert!(
+            b.is_err(),
+            "the attempt of a deleted webhook cannot be recorded"
+        );
+        let (log, _) = store.deliveries("kept", None, 10, 0).await.unwrap();
+        assert_eq!(log.len(), 1);
+        assert_eq!(store.pending_jobs("kept").await.unwrap(), 0);
+    }
 }
