@@ -97,12 +97,51 @@ impl From<sqlx::migrate::MigrateError> for Error {
     }
 }
 
+/// Lets one log line through per second and counts the rest.
+struct LogThrottle {
+    second: std::sync::atomic::AtomicI64,
+    suppressed: std::sync::atomic::AtomicU64,
+}
+
+impl LogThrottle {
+    /// `Some(lines suppressed since the last one)` when a line may be logged now.
+    fn allow(&self) -> Option<u64> {
+        self.allow_at(chrono::Utc::now().timestamp())
+    }
+
+    fn allow_at(&self, now: i64) -> Option<u64> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let last = self.second.load(Relaxed);
+        if now != last
+            && self
+                .second
+                .compare_exchange(last, now, Relaxed, Relaxed)
+                .is_ok()
+        {
+            return Some(self.suppressed.swap(0, Relaxed));
+        }
+        self.suppressed.fetch_add(1, Relaxed);
+        None
+    }
+}
+
+static UNAVAILABLE_LOG: LogThrottle = LogThrottle {
+    second: std::sync::atomic::AtomicI64::new(0),
+    suppressed: std::sync::atomic::AtomicU64::new(0),
+};
+
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let status = self.status();
         match &self {
             Error::Internal(e) => tracing::error!(error = format!("{e:#}"), "internal error"),
-            Error::Unavailable(m) => tracing::warn!(reason = %m, "service unavailable"),
+            Error::Unavailable(m) => {
+                // An overload answers thousands of requests 503 a second: one line a second
+                // says so, with how many it stands for.
+                if let Some(suppressed) = UNAVAILABLE_LOG.allow() {
+                    tracing::warn!(reason = %m, suppressed, "service unavailable");
+                }
+            }
             _ => {}
         }
         let mut response =
@@ -118,5 +157,23 @@ impl IntoResponse for Error {
             }
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unavailability_is_logged_once_a_second_with_what_was_left_out() {
+        let t = LogThrottle {
+            second: std::sync::atomic::AtomicI64::new(0),
+            suppressed: std::sync::atomic::AtomicU64::new(0),
+        };
+        assert_eq!(t.allow_at(100), Some(0));
+        assert_eq!(t.allow_at(100), None);
+        assert_eq!(t.allow_at(100), None);
+        assert_eq!(t.allow_at(101), Some(2));
+        assert_eq!(t.allow_at(101), None);
     }
 }

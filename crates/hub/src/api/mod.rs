@@ -217,7 +217,12 @@ pub fn router(state: AppState) -> Router {
         header::CACHE_CONTROL,
         HeaderValue::from_static("no-store"),
     ))
-    .layer(TraceLayer::new_for_http())
+    // Failed answers are logged once, by the error type (internal errors with their cause,
+    // unavailability throttled), not again here.
+    .layer(
+        TraceLayer::new_for_http()
+            .on_failure(tower_http::trace::DefaultOnFailure::new().level(tracing::Level::DEBUG)),
+    )
     .with_state(state)
 }
 
