@@ -824,6 +824,24 @@ impl AlertService {
     /// disabled rules, of servers gone or out of a rule's scope resolve; pending ones are
     /// dropped; offline rules are judged on every server's current status, so nothing hangs
     /// on one observation having arrived.
+    /// Whether a firing metric alert has gone without its value (a mount removed, a sensor
+    /// gone) for longer than a stale breach: its server reports, just not this value.
+    fn no_data(&self, rule: &Rule, server_id: &str, phase: Option<&Phase>) -> bool {
+        let Some(Phase::Firing(alert)) = phase else {
+            return false;
+        };
+        if rule.metric == AlertMetric::Offline {
+            return false;
+        }
+        let Some(sample) = self.fleet.get(server_id).ok().and_then(|d| d.latest) else {
+            return false;
+        };
+        rule.metric
+            .value(&sample, rule.record.mount.as_deref())
+            .is_none()
+            && sample.ts - alert.pending_since > chrono::Duration::minutes(STALE_MINUTES)
+    }
+
     async fn sweep(&self) {
         let statuses = self.fleet.statuses();
         let mut engine = self.engine.lock().await;
@@ -836,6 +854,9 @@ impl AlertService {
                 (_, None) => "server deleted",
                 (Some(r), _) if !r.record.enabled => "rule disabled",
                 (Some(r), Some(tags)) if !r.covers(server_id, &tags) => "out of scope",
+                (Some(r), Some(_)) if self.no_data(r, server_id, engine.phases.get(&key)) => {
+                    "no data"
+                }
                 _ => continue,
             };
             if let Some(Phase::Firing(alert)) = engine.phases.remove(&key) {

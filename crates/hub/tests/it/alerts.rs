@@ -445,3 +445,48 @@ async fn an_alert_resolves_when_its_server_leaves_the_rules_scope() {
     settle(&hub, &sentinel_token, &sentinel_rule, Utc::now()).await;
     assert!(alerts(&hub, &format!("server_id={other}")).await.is_empty());
 }
+
+#[tokio::test]
+async fn an_alert_whose_value_is_gone_resolves_for_lack_of_data() {
+    let hub = TestHub::start().await;
+    let (server, token) = hub.create_server("nas-1", &[]).await;
+    let rule_id = rule(
+        &hub,
+        json!({ "name": "data full", "metric": "disk", "mount": "/data", "threshold": 40,
+                "server_id": server }),
+    )
+    .await;
+    let mut full = agent::sample(Utc::now() - chrono::Duration::minutes(9), 1.0);
+    full.filesystems.push(smon_proto::FilesystemUsage {
+        mount: "/data".into(),
+        fs_type: "xfs".into(),
+        total: 100,
+        used: 50,
+    });
+    let (status, _) = hub
+        .post_report(&token, &agent::report(vec![full], None))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    eventually(Duration::from_secs(5), "firing", || async {
+        (alerts(&hub, &format!("rule_id={rule_id}&status=firing"))
+            .await
+            .len()
+            == 1)
+            .then_some(())
+    })
+    .await;
+    // /data is unmounted: the server keeps reporting, without it, for over ten minutes.
+    cpu(&hub, &token, Utc::now() + chrono::Duration::minutes(4), 1.0).await;
+    let resolved = eventually(
+        Duration::from_secs(15),
+        "resolved for lack of data",
+        || async {
+            alerts(&hub, &format!("rule_id={rule_id}&status=resolved"))
+                .await
+                .into_iter()
+                .next()
+        },
+    )
+    .await;
+    assert_eq!(resolved["resolution"], "no data");
+}
