@@ -14,7 +14,8 @@ use tokio_util::sync::CancellationToken;
 /// Collects this machine's metrics and inventory and pushes them to a Server Monitor hub.
 ///
 /// Settings come from the defaults, then `--config FILE`, then the environment, then flags.
-#[derive(Parser, Debug)]
+// No Debug: it holds the token.
+#[derive(Parser)]
 #[command(version, about)]
 struct Cli {
     /// TOML configuration file.

@@ -285,12 +285,15 @@ pub async fn run<L: HubLink, S: Source>(
                         pending_inventory = Some(inv);
                     }
                 }
+                Err(PushError::Rejected(message)) if report.inventory.is_some() => {
+                    // Perhaps the inventory is what the hub refuses: keep the samples and send
+                    // them alone, and do not offer this inventory again until it changes.
+                    tracing::error!(%message, "the hub rejected a report with the inventory; resending the samples without it");
+                    last_inventory = pending_inventory.take();
+                }
                 Err(PushError::Rejected(message)) => {
                     tracing::error!(%message, samples = report.samples.len(), "the hub rejected a report; dropping it");
                     backlog.consume(report.samples.len());
-                    if report.inventory.is_some() {
-                        pending_inventory = None;
-                    }
                 }
                 Err(e) => {
                     failures += 1;

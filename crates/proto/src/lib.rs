@@ -249,7 +249,7 @@ pub struct TaskUpdate {
 }
 
 /// `POST /api/agent/v1/enroll`: an agent registers itself with the hub's enrollment token.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub struct EnrollRequest {
     pub enrollment_token: String,
@@ -260,7 +260,7 @@ pub struct EnrollRequest {
 }
 
 /// The hub's answer to an enrollment: the server it created and its agent token (shown once).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub struct EnrollResponse {
     pub server_id: String,
@@ -273,4 +273,25 @@ pub struct EnrollResponse {
 #[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub struct ErrorBody {
     pub error: String,
+}
+
+// The tokens are secrets: debug output names the request, never them.
+impl std::fmt::Debug for EnrollRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EnrollRequest")
+            .field("enrollment_token", &"<redacted>")
+            .field("name", &self.name)
+            .field("tags", &self.tags)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for EnrollResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EnrollResponse")
+            .field("server_id", &self.server_id)
+            .field("name", &self.name)
+            .field("agent_token", &"<redacted>")
+            .finish()
+    }
 }

@@ -337,6 +337,8 @@ impl WebhookStore for SqliteStore {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
+        // Its event is already dispatched; the bump is for the caches of event reads.
+        self.events_committed();
         Ok(())
     }
 
