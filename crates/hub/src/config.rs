@@ -549,7 +549,13 @@ impl Config {
             ("tasks.allow", &self.tasks.allow),
         ] {
             for p in patterns {
-                if let Err(e) = regex::Regex::new(p) {
+                // Compiled as the policy compiles it: an allow pattern must match whole.
+                let form = if key == "tasks.allow" {
+                    format!("^(?:{p})$")
+                } else {
+                    p.clone()
+                };
+                if let Err(e) = regex::Regex::new(&form) {
                     return invalid(format!("{key}: {p:?} is not a valid pattern: {e}"));
                 }
             }

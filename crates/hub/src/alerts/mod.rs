@@ -286,8 +286,10 @@ impl AlertService {
                 return Err(Error::invalid("scope", "give tag or server_id, not both"));
             }
             (Some(t), None) => {
+                // Stored as servers' tags are, so that it matches them.
+                let tag = crate::fleet::validate::tags(&[t])?.pop();
                 r.scope = "tag".into();
-                r.scope_value = Some(t);
+                r.scope_value = tag;
             }
             (None, Some(s)) => {
                 if self.fleet.server_name(&s).is_none() {
@@ -820,10 +822,6 @@ impl AlertService {
         }
     }
 
-    /// Reconcile the phases with the rules and the fleet as they are now: alerts of deleted or
-    /// disabled rules, of servers gone or out of a rule's scope resolve; pending ones are
-    /// dropped; offline rules are judged on every server's current status, so nothing hangs
-    /// on one observation having arrived.
     /// Whether a firing metric alert has gone without its value (a mount removed, a sensor
     /// gone) for longer than a stale breach: its server reports, just not this value.
     fn no_data(&self, rule: &Rule, server_id: &str, phase: Option<&Phase>) -> bool {
@@ -833,7 +831,7 @@ impl AlertService {
         if rule.metric == AlertMetric::Offline {
             return false;
         }
-        let Some(sample) = self.fleet.get(server_id).ok().and_then(|d| d.latest) else {
+        let Some(sample) = self.fleet.latest(server_id) else {
             return false;
         };
         rule.metric
@@ -842,6 +840,11 @@ impl AlertService {
             && sample.ts - alert.pending_since > chrono::Duration::minutes(STALE_MINUTES)
     }
 
+    /// Reconcile the phases with the rules and the fleet as they are now: alerts of deleted or
+    /// disabled rules, of servers gone or out of a rule's scope resolve, as do firing alerts
+    /// without data; pending ones are
+    /// dropped; offline rules are judged on every server's current status, so nothing hangs
+    /// on one observation having arrived.
     async fn sweep(&self) {
         let statuses = self.fleet.statuses();
         let mut engine = self.engine.lock().await;

@@ -138,13 +138,8 @@ pub struct Rule {
 impl Rule {
     /// Check a rule record as a whole, naming the field at fault.
     pub fn compile(r: RuleRecord) -> Result<Rule> {
-        let name_len = r.name.trim().chars().count();
-        if name_len == 0 || name_len > 100 || r.name.chars().any(char::is_control) {
-            return Err(Error::invalid(
-                "name",
-                "must be 1 to 100 characters without control characters",
-            ));
-        }
+        // Rule names follow the rules of server names.
+        crate::fleet::validate::server_name(&r.name)?;
         let metric = AlertMetric::parse(&r.metric).ok_or_else(|| {
             Error::invalid(
                 "metric",

@@ -69,7 +69,12 @@ fn hub_url(state: &AppState, headers: &HeaderMap) -> String {
     let host = headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
-        .filter(|h| !h.is_empty() && h.chars().all(|c| c.is_ascii_graphic()))
+        // The URL goes into a shell command operators paste: host[:port] characters only.
+        .filter(|h| {
+            !h.is_empty()
+                && h.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'))
+        })
         .unwrap_or(&state.config.listen);
     format!("http://{host}")
 }
@@ -217,7 +222,7 @@ pub async fn refresh_inventory(
     caller: Authorized<need::ManageServers>,
     Path(id): Path<String>,
 ) -> Result<(StatusCode, Allowance, Json<Success>)> {
-    state.fleet.get(&id)?;
+    state.fleet.exists(&id)?;
     let allowance = state.limits.inventory_refresh.check(&id)?;
     state.fleet.request_inventory(&caller.origin, &id).await?;
     Ok((StatusCode::ACCEPTED, allowance, Json(Success::OK)))

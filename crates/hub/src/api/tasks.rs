@@ -42,7 +42,7 @@ pub async fn create_task(
     Path(id): Path<String>,
     ApiJson(new): ApiJson<NewTask>,
 ) -> Result<(StatusCode, Allowance, Json<TaskCreated>)> {
-    state.fleet.get(&id)?;
+    state.fleet.exists(&id)?;
     let allowance = state.limits.task_create.check(&caller.user_id)?;
     let mut created = state
         .tasks

@@ -259,6 +259,10 @@ pub struct Observations {
 const OBSERVATION_QUEUE: usize = 16_384;
 
 struct Inner {
+    /// Held by each server change from reading the server to updating memory: two changes of
+    /// one server (an edit and a token rotation, say) must not each write back the other's
+    /// old values.
+    changes: tokio::sync::Mutex<()>,
     /// Bumped whenever what lists and the overview show changes, other than metrics values:
     /// servers added, changed or removed, and status changes. Caches key on it.
     generation: std::sync::atomic::AtomicU64,
@@ -321,6 +325,7 @@ impl FleetService {
         let (tx, rx) = mpsc::channel(config.ingest_queue);
         let service = FleetService {
             inner: Arc::new(Inner {
+                changes: tokio::sync::Mutex::new(()),
                 generation: Default::default(),
                 observer: std::sync::OnceLock::new(),
                 store,
@@ -368,6 +373,20 @@ impl FleetService {
                     "alert evaluation is behind; reports skipped (status changes are not)"
                 );
             }
+        }
+    }
+
+    /// A server's newest sample, if it exists and has reported.
+    pub fn latest(&self, id: &str) -> Option<Arc<Sample>> {
+        self.read().by_id.get(id).and_then(|e| e.latest.clone())
+    }
+
+    /// `NotFound` unless the server exists.
+    pub fn exists(&self, id: &str) -> Result<()> {
+        if self.read().by_id.contains_key(id) {
+            Ok(())
+        } else {
+            Err(Error::NotFound(format!("server {id}")))
         }
     }
 
@@ -452,6 +471,7 @@ impl FleetService {
 
     /// The change itself (see the public method).
     async fn create_now(&self, origin: &Origin, new: NewServer) -> Result<(ServerView, String)> {
+        let _one_at_a_time = self.inner.changes.lock().await;
         let now = Utc::now();
         let secret = token::generate(token::AGENT_PREFIX);
         let record = ServerRecord {
@@ -682,6 +702,7 @@ impl FleetService {
         id: &str,
         patch: ServerPatch,
     ) -> Result<ServerView> {
+        let _one_at_a_time = self.inner.changes.lock().await;
         let before = self.entry(id)?.record;
         let mut record = before.clone();
         let mut changes = Vec::new();
@@ -748,6 +769,7 @@ impl FleetService {
 
     /// The change itself (see the public method).
     async fn rotate_token_now(&self, origin: &Origin, id: &str) -> Result<String> {
+        let _one_at_a_time = self.inner.changes.lock().await;
         let mut record = self.entry(id)?.record;
         let secret = token::generate(token::AGENT_PREFIX);
         let old_hash = std::mem::replace(&mut record.token_hash, token::digest(&secret));
@@ -780,6 +802,7 @@ impl FleetService {
 
     /// The change itself (see the public method).
     async fn delete_now(&self, origin: &Origin, id: &str) -> Result<()> {
+        let _one_at_a_time = self.inner.changes.lock().await;
         let record = self.entry(id)?.record;
         let event = server_event(EventType::ServerDeleted, origin, &record);
         self.inner.store.delete_server(record.seq, &event).await?;
@@ -1102,13 +1125,22 @@ impl FleetService {
         };
         let now = Utc::now();
         let threshold = self.inner.config.offline_after_intervals;
+        let started = self.inner.started_at;
+        let grace = Duration::seconds(self.inner.config.startup_grace_secs as i64);
+        // The scan of the whole fleet under the read lock: ingest is held up only when some
+        // server is due, and the write lock then finds those again.
+        if self
+            .read()
+            .overdue(now, started, started + grace, threshold)
+            .is_empty()
+        {
+            return 0;
+        }
         let (ack, done) = oneshot::channel();
         let went_offline: Vec<String> = {
             let mut state = self.write();
             let mut writes = Vec::new();
             let mut ids = Vec::new();
-            let started = self.inner.started_at;
-            let grace = Duration::seconds(self.inner.config.startup_grace_secs as i64);
             for id in state.overdue(now, started, started + grace, threshold) {
                 let Some(e) = state.by_id.get_mut(&id) else {
                     continue;

@@ -1033,3 +1033,27 @@ async fn an_agent_that_hangs_up_mid_report_still_goes_offline_when_silent() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn the_agent_command_never_carries_shell_syntax_from_the_host_header() {
+    let hub = TestHub::start().await;
+    let (status, created) = send(
+        hub.request(Method::POST, "/api/servers", Some(&hub.admin_token))
+            .header("host", "x;touch$IFS/tmp/pwned")
+            .json(&json!({ "name": "hosty" })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let command = created["agent_command"].as_str().unwrap();
+    assert!(
+        !command.contains(';') && !command.contains('$'),
+        "{command}"
+    );
+    assert!(
+        command.ends_with(&format!(
+            "--hub http://{}",
+            hub.base.trim_start_matches("http://")
+        )) || command.contains("--hub http://127.0.0.1:"),
+        "{command}"
+    );
+}
