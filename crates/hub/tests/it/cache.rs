@@ -79,7 +79,8 @@ async fn repeated_reads_hit_and_writes_are_never_hidden_by_the_cache() {
     let (_, admin) = hub.get("/api/activity/recent?limit=5", t).await;
     assert!(admin["activities"][0]["ip"].is_string());
     assert!(after["activities"][0]["ip"].is_null());
-    // Errors are answered, not cached.
+    // Errors are answered, not cached: the second bad request is no hit.
+    let hits = counter(&hub, "servers", "hit").await;
     assert_error(
         &hub.get("/api/servers?limit=0", t).await,
         StatusCode::BAD_REQUEST,
@@ -90,4 +91,5 @@ async fn repeated_reads_hit_and_writes_are_never_hidden_by_the_cache() {
         StatusCode::BAD_REQUEST,
         "limit",
     );
+    assert_eq!(counter(&hub, "servers", "hit").await, hits);
 }

@@ -94,6 +94,8 @@ async fn a_real_agent_runs_a_task_and_the_output_comes_back() {
 
 #[tokio::test]
 async fn an_agent_without_allow_tasks_rejects_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("should-not-exist");
     let hub = TestHub::start().await;
     let (server, token) = hub.create_server("locked-1", &[]).await;
     let _agent = AgentProcess::start(&hub.base, &token, &[]);
@@ -101,7 +103,7 @@ async fn an_agent_without_allow_tasks_rejects_them() {
         &hub,
         &hub.admin_token,
         &server,
-        json!({ "command": "touch /tmp/should-not-exist" }),
+        json!({ "command": format!("touch {}", marker.display()) }),
     )
     .await;
     let task = wait_status(
@@ -119,6 +121,7 @@ async fn an_agent_without_allow_tasks_rejects_them() {
         "{task}"
     );
     assert!(task["started_at"].is_null(), "it never ran");
+    assert!(!marker.exists(), "the refused command ran");
     let failed = hub.events("event_type=task.failed").await;
     assert!(
         failed[0]["meta"]["error"]
@@ -295,6 +298,8 @@ async fn task_creation_is_limited_per_user() {
     }
     let limited = run(&hub, &operator, &server, json!({ "command": "echo 21" })).await;
     assert_error(&limited, StatusCode::TOO_MANY_REQUESTS, "too many requests");
+    let (_, mine) = hub.get("/api/tasks", &operator).await;
+    assert_eq!(mine["total"], 20, "the refused task was not created");
     // Another user has their own allowance.
     let (status, _) = run(
         &hub,
@@ -513,4 +518,14 @@ async fn task_results_are_checked_against_the_agent_that_sends_them() {
     )
     .await;
     assert_error(&got, StatusCode::BAD_REQUEST, "outcome");
+    // None of the refused updates touched the task.
+    let (_, task) = hub
+        .get(
+            &format!("/api/tasks/{}", created["task_id"].as_str().unwrap()),
+            &hub.admin_token,
+        )
+        .await;
+    assert_eq!(task["status"], "queued");
+    assert!(task["exit_code"].is_null());
+    assert!(hub.events("event_type=task.finished").await.is_empty());
 }
