@@ -185,8 +185,8 @@ impl Default for FleetConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RateLimitsConfig {
-    /// Requests per client address to the whole API (health, readiness, metrics and login
-    /// excepted).
+    /// Requests per client address to the whole API (health, readiness, metrics, login and
+    /// agent reports excepted).
     pub api_per_minute: u32,
     /// Webhooks one user may create.
     pub webhook_create_per_minute: u32,

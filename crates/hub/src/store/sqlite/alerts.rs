@@ -5,7 +5,9 @@ use chrono::{DateTime, Utc};
 use sqlx::sqlite::SqliteRow;
 use sqlx::{QueryBuilder, Row, Sqlite};
 
-use super::{SqliteStore, corrupt, from_ms, insert_event, is_unique_violation, ms};
+use super::{
+    SqliteStore, conflict_if_taken, corrupt, from_ms, insert_event, is_unique_violation, ms,
+};
 use crate::error::{Error, Result};
 use crate::events::{Event, Severity};
 use crate::store::{AlertFilter, AlertRecord, AlertStore, RuleRecord};
@@ -61,11 +63,7 @@ fn alert_from_row(row: &SqliteRow) -> Result<AlertRecord> {
 }
 
 fn name_taken(e: sqlx::Error) -> Error {
-    if is_unique_violation(&e) {
-        Error::Conflict("an alert rule with this name already exists".into())
-    } else {
-        e.into()
-    }
+    conflict_if_taken(e, "an alert rule with this name already exists")
 }
 
 fn push_filter<'a>(q: &mut QueryBuilder<'a, Sqlite>, f: &'a AlertFilter) {

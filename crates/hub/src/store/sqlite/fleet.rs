@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use sqlx::sqlite::SqliteRow;
 use sqlx::{Row, SqliteConnection};
 
-use super::{SqliteStore, corrupt, from_ms, insert_event, is_unique_violation, ms};
+use super::{SqliteStore, conflict_if_taken, corrupt, from_ms, insert_event, ms};
 use crate::error::{Error, Result};
 use crate::events::Event;
 use crate::fleet::metric::Metric;
@@ -25,6 +25,15 @@ impl Tier {
             Tier::Raw => "metrics_raw",
             Tier::Minute => "metrics_1m",
             Tier::Hour => "metrics_1h",
+        }
+    }
+
+    /// A rollup bucket's width in ms (a raw point is its own).
+    fn width_ms(self) -> i64 {
+        match self {
+            Tier::Raw => 1,
+            Tier::Minute => MINUTE_MS,
+            Tier::Hour => HOUR_MS,
         }
     }
 
@@ -63,11 +72,7 @@ fn server_from_row(row: &SqliteRow) -> Result<ServerRecord> {
 }
 
 fn name_taken(e: sqlx::Error) -> Error {
-    if is_unique_violation(&e) {
-        Error::Conflict("a server with this name already exists".into())
-    } else {
-        e.into()
-    }
+    conflict_if_taken(e, "a server with this name already exists")
 }
 
 /// The statements built from [`Metric::ALL`], once.
@@ -312,8 +317,8 @@ impl FleetStore for SqliteStore {
                         // A sample sent twice (its answer was lost) is stored and counted once.
                         if q.execute(&mut *tx).await?.rows_affected() == 1 {
                             stored += 1;
-                            add_to(&mut minutes, r.seq, MINUTE_MS, ts, values);
-                            add_to(&mut hours, r.seq, HOUR_MS, ts, values);
+                            add_to(&mut minutes, r.seq, Tier::Minute.width_ms(), ts, values);
+                            add_to(&mut hours, r.seq, Tier::Hour.width_ms(), ts, values);
                         }
                     }
                     if let Some(inventory) = &r.inventory {
@@ -387,11 +392,7 @@ impl FleetStore for SqliteStore {
                 ms(from),
             ),
             Tier::Minute | Tier::Hour => {
-                let width = if tier == Tier::Minute {
-                    MINUTE_MS
-                } else {
-                    HOUR_MS
-                };
+                let width = tier.width_ms();
                 (
                     format!(
                         "SELECT bucket AS t, {m}_min AS mn, {m}_max AS mx, {m}_sum / {m}_n AS av,

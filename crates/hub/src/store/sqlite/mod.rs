@@ -134,6 +134,15 @@ fn corrupt(what: &str, value: &str) -> Error {
     Error::Internal(anyhow::anyhow!("corrupt {what} in database: {value:?}"))
 }
 
+/// `Conflict` with `message` when `e` is a unique violation, else the database error.
+fn conflict_if_taken(e: sqlx::Error, message: &str) -> Error {
+    if is_unique_violation(&e) {
+        Error::Conflict(message.into())
+    } else {
+        e.into()
+    }
+}
+
 fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
 }
