@@ -16,6 +16,8 @@ use crate::events::EventService;
 use crate::events::dispatcher::InFlight;
 use crate::fleet::FleetService;
 use crate::metrics::HttpMetrics;
+use crate::notifications::render::Renderer;
+use crate::notifications::{NotificationService, Notifier};
 use crate::plugins::{PluginContext, PluginDeps, PluginManager, PluginRegistry};
 use crate::secrets::SecretBox;
 use crate::store::Store;
@@ -38,6 +40,7 @@ pub struct AppState {
     pub system: SystemService,
     pub plugins: Arc<PluginManager>,
     pub webhooks: WebhookService,
+    pub notifications: NotificationService,
     pub fleet: FleetService,
     pub tasks: TaskService,
     pub alerts: AlertService,
@@ -51,6 +54,16 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
     let url = config.effective_database_url();
     let store = SqliteStore::open(&url).await.map_err(with_cause)?;
     Ok(Arc::new(store))
+}
+
+/// The name the hub gives SMTP servers: the public URL's host, else the machine's name.
+fn hello_name(config: &Config) -> String {
+    url::Url::parse(&config.public_url)
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_string))
+        .or_else(|| sysinfo::System::host_name().ok())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "server-monitor".into())
 }
 
 /// At the binary's edge an internal error is shown with its cause chain (never to HTTP clients).
@@ -108,11 +121,18 @@ impl Hub {
             .await
             .map_err(anyhow::Error::msg)?;
         let secrets = SecretBox::load(config.secret_key.expose(), &config.data_dir)?;
+        let notifier = Arc::new(Notifier::new(
+            deps.webhooks.clone(),
+            Renderer::new(config.notifications.templates.clone(), &config.public_url),
+            hello_name(&config),
+        ));
         let webhooks = WebhookService::new(
             store.clone(),
-            secrets,
+            secrets.clone(),
             deps.webhooks.clone(),
             config.webhooks.clone(),
+            notifier.clone(),
+            config.notifications.clone(),
         );
         let stale = webhooks.release_leases().await.map_err(with_cause)?;
         if stale > 0 {
@@ -135,6 +155,14 @@ impl Hub {
         let alerts = AlertService::load(store.clone(), fleet.clone())
             .await
             .map_err(with_cause)?;
+        let notifications = NotificationService::new(
+            store.clone(),
+            secrets,
+            notifier,
+            Arc::new(deps.webhooks.policy().clone()),
+            fleet.clone(),
+            config.notifications.clone(),
+        );
         let observations = fleet.observe();
         let local_server = if config.local_agent {
             let hostname = sysinfo::System::host_name().unwrap_or_else(|_| "hub".into());
@@ -158,6 +186,7 @@ impl Hub {
             system: SystemService::new(store.clone()),
             plugins: plugins.clone(),
             webhooks: webhooks.clone(),
+            notifications: notifications.clone(),
             fleet: fleet.clone(),
             tasks: tasks.clone(),
             alerts: alerts.clone(),
@@ -235,6 +264,7 @@ impl Hub {
         let dispatcher = tokio::spawn(crate::events::dispatcher::run(
             store.clone(),
             plugins.clone(),
+            notifications,
             shutdown.clone(),
         ));
 

@@ -58,6 +58,41 @@ pub struct Config {
     pub webhooks: WebhooksConfig,
     /// API rate limits (the login limits are under `auth`).
     pub rate_limits: RateLimitsConfig,
+    /// Notification channels: defaults for new channels and message templates.
+    pub notifications: NotificationsConfig,
+}
+
+/// Notification channels. Each channel sets its own grouping window and rate; these are the
+/// values a new channel gets when it names none.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NotificationsConfig {
+    /// Events of one alert rule (or one event type) arriving within this many seconds go out
+    /// as one message; 0 sends each at once.
+    pub group_window_secs: u32,
+    /// Messages per minute per channel, at most.
+    pub rate_limit_per_minute: u32,
+    /// Message templates by event type (`[notifications.templates."alert.triggered"]` with
+    /// `subject` and/or `body`); see docs/NOTIFICATIONS.md for the placeholders. TOML only.
+    pub templates: std::collections::BTreeMap<String, TemplateConfig>,
+}
+
+impl Default for NotificationsConfig {
+    fn default() -> Self {
+        Self {
+            group_window_secs: 30,
+            rate_limit_per_minute: 10,
+            templates: Default::default(),
+        }
+    }
+}
+
+/// A message template override; an absent part keeps the built-in one.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TemplateConfig {
+    pub subject: Option<String>,
+    pub body: Option<String>,
 }
 
 /// Response caches. Writes that change an answer (server changes, status changes, new events)
@@ -360,6 +395,7 @@ impl Default for Config {
             plugins: PluginsConfig::default(),
             webhooks: WebhooksConfig::default(),
             rate_limits: RateLimitsConfig::default(),
+            notifications: NotificationsConfig::default(),
         }
     }
 }
@@ -524,6 +560,29 @@ impl Config {
                         "public_url: {:?} is not an http(s) URL",
                         self.public_url
                     ));
+                }
+            }
+        }
+        let n = &self.notifications;
+        if n.group_window_secs > 3600 || !(1..=600).contains(&n.rate_limit_per_minute) {
+            return invalid(
+                "notifications: group_window_secs must be 0 to 3600, rate_limit_per_minute 1 to 600"
+                    .into(),
+            );
+        }
+        for (event_type, t) in &n.templates {
+            if crate::events::EventType::parse(event_type).is_none() {
+                return invalid(format!(
+                    "notifications.templates: {event_type:?} is not an event type"
+                ));
+            }
+            for (part, text) in [("subject", &t.subject), ("body", &t.body)] {
+                if let Some(text) = text {
+                    if let Err(e) = crate::notifications::render::check_template(text) {
+                        return invalid(format!(
+                            "notifications.templates.\"{event_type}\".{part}: {e}"
+                        ));
+                    }
                 }
             }
         }

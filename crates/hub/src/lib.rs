@@ -11,6 +11,7 @@ pub mod events;
 pub mod fleet;
 pub mod local_agent;
 pub mod metrics;
+pub mod notifications;
 pub mod plugins;
 pub mod secrets;
 pub mod store;

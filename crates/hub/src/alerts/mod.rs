@@ -50,6 +50,11 @@ pub struct RuleInput {
     /// With scope server.
     pub server_id: Option<String>,
     pub enabled: Option<bool>,
+    /// Notification channel ids this rule's alerts go to (and only those); `null` for every
+    /// channel subscribed to alert events.
+    #[serde(default, deserialize_with = "crate::wire::present")]
+    #[schema(value_type = Option<Vec<String>>)]
+    pub channels: Option<Option<Vec<String>>>,
 }
 
 /// A rule as the API shows it.
@@ -70,6 +75,8 @@ pub struct RuleView {
     pub tag: Option<String>,
     pub server_id: Option<String>,
     pub enabled: bool,
+    /// Notification channels this rule notifies; `null` means every subscribed channel.
+    pub channels: Option<Vec<String>>,
     #[serde(serialize_with = "rfc3339_millis")]
     #[schema(value_type = String)]
     pub created_at: DateTime<Utc>,
@@ -152,6 +159,7 @@ fn rule_view(r: &RuleRecord) -> RuleView {
             .then(|| r.scope_value.clone())
             .flatten(),
         enabled: r.enabled,
+        channels: r.channels.clone(),
         created_at: r.created_at,
         updated_at: r.updated_at,
     }
@@ -303,7 +311,36 @@ impl AlertService {
         if let Some(v) = input.enabled {
             r.enabled = v;
         }
+        if let Some(v) = input.channels {
+            r.channels = v.map(|mut ids| {
+                ids.dedup();
+                ids
+            });
+        }
         Rule::compile(r)
+    }
+
+    /// Every channel a rule names must exist (an empty list would silence the rule: refused).
+    async fn check_channels(&self, input: &RuleInput) -> Result<()> {
+        let Some(Some(ids)) = &input.channels else {
+            return Ok(());
+        };
+        if ids.is_empty() || ids.len() > 50 {
+            return Err(Error::invalid(
+                "channels",
+                "must list 1 to 50 channel ids, or be null for every subscribed channel",
+            ));
+        }
+        let channels = self.store.list_channels().await?;
+        for id in ids {
+            if !channels.iter().any(|c| &c.id == id) {
+                return Err(Error::invalid(
+                    "channels",
+                    format!("{id:?} is not a notification channel"),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Create a rule.
@@ -315,6 +352,7 @@ impl AlertService {
 
     /// The change itself (see the public method).
     async fn create_now(&self, origin: &Origin, input: RuleInput) -> Result<RuleView> {
+        self.check_channels(&input).await?;
         if input.name.is_none() {
             return Err(Error::invalid("name", "is required"));
         }
@@ -339,6 +377,7 @@ impl AlertService {
             scope: "all".into(),
             scope_value: None,
             enabled: true,
+            channels: None,
             created_by: origin.user_id.clone(),
             created_at: now,
             updated_at: now,
@@ -364,6 +403,7 @@ impl AlertService {
 
     /// The change itself (see the public method).
     async fn update_now(&self, origin: &Origin, id: &str, input: RuleInput) -> Result<RuleView> {
+        self.check_channels(&input).await?;
         let mut engine = self.engine.lock().await;
         let index = engine
             .rules
@@ -390,6 +430,7 @@ impl AlertService {
                 before.scope != rule.record.scope || before.scope_value != rule.record.scope_value,
             ),
             ("enabled", before.enabled != rule.record.enabled),
+            ("channels", before.channels != rule.record.channels),
         ]
         .into_iter()
         .filter_map(|(field, changed)| changed.then_some(field))
@@ -810,6 +851,7 @@ impl AlertService {
             .meta("value", value)
             .meta("threshold", alert.threshold)
             .meta("fired_for_secs", (now - alert.fired_at).num_seconds())
+            .meta("alert_severity", alert.severity.as_str())
             .meta("resolution", why);
         event.server_id = Some(alert.server_id.clone());
         event.server_name = alert.server_name.clone();

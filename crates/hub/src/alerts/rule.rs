@@ -332,6 +332,7 @@ mod tests {
             scope: "all".into(),
             scope_value: None,
             enabled: true,
+            channels: None,
             created_by: None,
             created_at: chrono::Utc::now(),
             updated_at: chrono::Utc::now(),

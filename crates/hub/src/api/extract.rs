@@ -219,6 +219,7 @@ pub mod need {
         ManageUsers,
         ManagePlugins,
         ManageWebhooks,
+        ManageNotifications,
         ReadFleet,
         ManageServers,
         RunTasks,

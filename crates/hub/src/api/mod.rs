@@ -7,6 +7,7 @@ pub mod events;
 pub mod extract;
 pub mod health;
 pub mod metrics;
+pub mod notifications;
 pub mod plugins;
 pub mod ratelimit;
 pub mod servers;
@@ -76,6 +77,7 @@ pub fn json_bytes(body: axum::body::Bytes) -> Response {
         (name = "agent", description = "The agent protocol (docs/AGENT_PROTOCOL.md), authenticated by agent tokens"),
         (name = "plugins", description = "Plugins and their counters"),
         (name = "webhooks", description = "Managed webhooks: signed, retried, SSRF-safe, with delivery logs"),
+        (name = "notifications", description = "Notification channels: alerts and events to e-mail, Slack, Discord, Teams, Telegram, ntfy and webhooks"),
     )
 )]
 struct ApiDoc;
@@ -155,6 +157,17 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(webhooks::rotate_secret))
         .routes(routes!(webhooks::list_deliveries))
         .routes(routes!(webhooks::redeliver))
+        .routes(routes!(
+            notifications::list_channels,
+            notifications::create_channel
+        ))
+        .routes(routes!(
+            notifications::get_channel,
+            notifications::update_channel,
+            notifications::delete_channel
+        ))
+        .routes(routes!(notifications::test_channel))
+        .routes(routes!(notifications::list_channel_deliveries))
 }
 
 /// The OpenAPI document of this build.

@@ -57,6 +57,9 @@ pub enum Permission {
     ManagePlugins,
     /// Create, change, test and delete managed webhooks; read their delivery logs.
     ManageWebhooks,
+    /// Create, change, test and delete notification channels; read their delivery logs (they
+    /// hold chat tokens and SMTP passwords, like webhooks hold secrets).
+    ManageNotifications,
     /// Read `GET /api/metrics` (also open to the configured metrics token).
     ReadMetrics,
     /// Read servers, their metrics history, inventory and the fleet overview.
@@ -84,6 +87,7 @@ impl Permission {
             Permission::ManageUsers
             | Permission::ManagePlugins
             | Permission::ManageWebhooks
+            | Permission::ManageNotifications
             | Permission::ReadMetrics => &[Admin],
         }
     }
@@ -97,6 +101,7 @@ impl Permission {
             Permission::ManageUsers => "manage users",
             Permission::ManagePlugins => "manage plugins",
             Permission::ManageWebhooks => "manage webhooks",
+            Permission::ManageNotifications => "manage notification channels",
             Permission::ReadMetrics => "read metrics",
             Permission::ReadFleet => "read servers",
             Permission::ManageServers => "manage servers",

@@ -68,6 +68,11 @@ catalog! {
     WebhookDeleted = "webhook.deleted", Warning, "A managed webhook was deleted with its queue and delivery log.";
     WebhookDisabled = "webhook.disabled", Error, "The hub disabled a webhook: its receiver answered 410 Gone or failed continuously for the configured period.";
     WebhookTest = "webhook.test", Info, "A test delivery was sent to one webhook (POST /api/webhooks/{id}/test); it goes to that webhook only.";
+    ChannelCreated = "notification_channel.created", Info, "A notification channel was created.";
+    ChannelUpdated = "notification_channel.updated", Info, "A notification channel was changed (meta.changes lists what).";
+    ChannelDeleted = "notification_channel.deleted", Warning, "A notification channel was deleted with its queue and delivery log.";
+    ChannelDisabled = "notification_channel.disabled", Error, "The hub disabled a notification channel: its endpoint answered 410 Gone or failed continuously for webhooks.disable_after_secs.";
+    ChannelTest = "notification_channel.test", Info, "A test notification was sent to one channel (POST /api/notifications/channels/{id}/test); it goes to that channel only.";
     PluginError = "plugin.error", Error, "A plugin failed, panicked or timed out on an event, or failed to start (at most one per plugin per 10 s; meta.suppressed counts the rest).";
 }
 

@@ -1,5 +1,5 @@
 //! The outbox dispatcher: undispatched events, in order, to the managed webhooks' delivery
-//! queue and to the plugin manager; an event is
+//! queue, the notification channels' groups and the plugin manager; an event is
 //! marked dispatched once every plugin is done with it, so a crash at any point loses nothing
 //! (at worst a plugin sees an event twice, with the same event id).
 
@@ -10,6 +10,7 @@ use std::time::Duration;
 use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 
+use crate::notifications::NotificationService;
 use crate::plugins::PluginManager;
 use crate::plugins::manager::Completion;
 use crate::store::Store;
@@ -69,6 +70,7 @@ impl InFlight {
 pub async fn run(
     store: Arc<dyn Store>,
     plugins: Arc<PluginManager>,
+    notifications: NotificationService,
     shutdown: CancellationToken,
 ) -> InFlight {
     let new_events = store.event_signal();
@@ -82,9 +84,11 @@ pub async fn run(
             in_flight.shed_excess(store.as_ref()).await?;
             let batch = store.undispatched_events(cursor, BATCH).await?;
             more_waiting = batch.len() == BATCH as usize;
-            // Webhook deliveries are durable jobs: queued before the events can be marked.
+            // Webhook deliveries and notifications are durable jobs: queued before the events
+            // can be marked.
             let events: Vec<_> = batch.iter().map(|(_, e)| e.clone()).collect();
             store.enqueue_for_events(&events, Utc::now()).await?;
+            notifications.route(&events).await?;
             for (seq, event) in batch {
                 cursor = seq;
                 in_flight

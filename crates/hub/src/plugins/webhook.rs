@@ -101,6 +101,7 @@ impl Plugin for WebhookPlugin {
             event_type: &event.event_type,
             secrets: &secrets,
             timeout: Duration::from_secs(self.config.timeout),
+            headers: &[],
         };
         for attempt in 1..=self.config.retry_max {
             let outcome = self.client.attempt(&delivery).await;

@@ -162,6 +162,29 @@ pub struct WebhookRecord {
     pub last_triggered_at: Option<DateTime<Utc>>,
     pub failing_since: Option<DateTime<Utc>>,
     pub disabled_reason: Option<String>,
+    /// Set when this target is a notification channel rather than a managed webhook.
+    pub channel: Option<ChannelFields>,
+}
+
+/// What makes a delivery target a notification channel.
+#[derive(Clone)]
+pub struct ChannelFields {
+    /// `email`, `slack`, `discord`, `teams`, `telegram`, `ntfy` or `webhook`.
+    pub kind: String,
+    /// The kind's settings as sealed JSON (secrets included).
+    pub config: String,
+    /// Routing and pacing as JSON (not secret).
+    pub routing: String,
+}
+
+/// One event for a channel, to add to the group it belongs to.
+#[derive(Debug, Clone)]
+pub struct NotificationItem {
+    pub channel_id: String,
+    /// Events with the same key within `window` go out as one message.
+    pub group_key: String,
+    pub window: chrono::Duration,
+    pub event: Event,
 }
 
 impl WebhookRecord {
@@ -220,13 +243,24 @@ pub trait WebhookStore: Send + Sync {
     async fn insert_webhook(&self, webhook: &WebhookRecord, event: &Event) -> Result<()>;
     /// One webhook.
     async fn webhook(&self, id: &str) -> Result<Option<WebhookRecord>>;
-    /// Every webhook, oldest first.
+    /// Every managed webhook, oldest first.
     async fn list_webhooks(&self) -> Result<Vec<WebhookRecord>>;
+    /// Every notification channel, oldest first.
+    async fn list_channels(&self) -> Result<Vec<WebhookRecord>>;
+    /// Add each event to its channel's open group (a job gathering events until it falls due),
+    /// or open a group due after its window. Returns the events queued.
+    async fn enqueue_notifications(
+        &self,
+        items: &[NotificationItem],
+        now: DateTime<Utc>,
+    ) -> Result<u64>;
+    /// Hand a claimed job back without an attempt, due again at `at` (a channel over its rate).
+    async fn defer_job(&self, job_id: &str, at: DateTime<Utc>) -> Result<()>;
     /// Replace a webhook's fields; `NotFound` when it is gone.
     async fn update_webhook(&self, webhook: &WebhookRecord, event: &Event) -> Result<()>;
     /// Delete a webhook, its queue and its log; `NotFound` when it is gone.
     async fn delete_webhook(&self, id: &str, event: &Event) -> Result<()>;
-    /// Queue a delivery of each event to every enabled webhook that wants it (idempotent: a
+    /// Queue a delivery of each event to every enabled managed webhook that wants it (idempotent: a
     /// delivery already queued for the same webhook and event is not queued twice).
     async fn enqueue_for_events(&self, events: &[Event], now: DateTime<Utc>) -> Result<u64>;
     /// Queue one delivery; `Conflict` when the same event is already queued for the webhook.
@@ -573,6 +607,9 @@ pub struct RuleRecord {
     pub scope: String,
     pub scope_value: Option<String>,
     pub enabled: bool,
+    /// Notification channels this rule's alerts go to; `None` means every channel subscribed
+    /// to alert events.
+    pub channels: Option<Vec<String>>,
     pub created_by: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,

@@ -46,6 +46,8 @@ pub struct Delivery<'a> {
     /// Signing secrets, newest first; none means unsigned.
     pub secrets: &'a [&'a str],
     pub timeout: Duration,
+    /// More headers (a notification channel's `Authorization`).
+    pub headers: &'a [(&'static str, String)],
 }
 
 /// Exponential backoff with jitter: `base`, 2×`base`, 4×`base` … capped at `cap`, each scaled
@@ -215,6 +217,12 @@ fn signed_headers(d: &Delivery<'_>) -> Result<HeaderMap, String> {
     h.insert("x-sm-event-type", value(d.event_type)?);
     h.insert("webhook-id", value(d.event_id)?);
     h.insert("webhook-timestamp", value(&timestamp.to_string())?);
+    for (name, v) in d.headers {
+        h.insert(
+            *name,
+            value(v).map_err(|_| format!("invalid {name} header value"))?,
+        );
+    }
     if let Some(newest) = d.secrets.first() {
         h.insert("x-sm-signature", value(&sm_signature(newest, d.body))?);
         let standard = standard_signature(d.secrets, d.event_id, timestamp, d.body);

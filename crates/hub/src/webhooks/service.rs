@@ -13,11 +13,15 @@ use uuid::Uuid;
 
 use super::send::{Attempt, Delivery, Verdict, WebhookClient, backoff};
 use super::signing::{SECRET_PREFIX, generate_secret};
-use crate::config::WebhooksConfig;
+use crate::config::{NotificationsConfig, WebhooksConfig};
 use crate::error::{Error, Result};
 use crate::events::{Event, EventType, Origin, unknown_event_type};
+use crate::notifications::Notifier;
+use crate::notifications::service::{UNREADABLE_SETTINGS, open_config, routing_of};
 use crate::secrets::SecretBox;
-use crate::store::{AttemptEffects, DeliveryRecord, JobRecord, Store, WebhookRecord};
+use crate::store::{
+    AttemptEffects, ChannelFields, DeliveryRecord, JobRecord, Store, WebhookRecord,
+};
 use crate::wire::{opt_rfc3339_millis, rfc3339_millis};
 
 /// Longest grace period of a rotated secret.
@@ -202,6 +206,9 @@ pub struct WebhookService {
     client: WebhookClient,
     config: WebhooksConfig,
     metrics: Arc<DeliveryMetrics>,
+    /// Renders and sends the jobs of notification channels.
+    notifier: Arc<Notifier>,
+    notifications: NotificationsConfig,
 }
 
 fn check_range(field: &str, value: u32, range: std::ops::RangeInclusive<u32>) -> Result<u32> {
@@ -298,6 +305,8 @@ impl WebhookService {
         secrets: SecretBox,
         client: WebhookClient,
         config: WebhooksConfig,
+        notifier: Arc<Notifier>,
+        notifications: NotificationsConfig,
     ) -> Self {
         Self {
             store,
@@ -305,6 +314,8 @@ impl WebhookService {
             client,
             config,
             metrics: Arc::default(),
+            notifier,
+            notifications,
         }
     }
 
@@ -363,6 +374,7 @@ impl WebhookService {
         self.store
             .webhook(id)
             .await?
+            .filter(|w| w.channel.is_none())
             .ok_or_else(|| Error::NotFound(format!("webhook {id}")))
     }
 
@@ -413,6 +425,7 @@ impl WebhookService {
             last_triggered_at: None,
             failing_since: None,
             disabled_reason: None,
+            channel: None,
         };
         let event = Event::new(EventType::WebhookCreated, origin)
             .target("webhook", &webhook.id)
@@ -567,6 +580,9 @@ impl WebhookService {
         event_type: &str,
         payload: &str,
     ) -> Result<Attempt> {
+        if let Some(fields) = &w.channel {
+            return Ok(self.send_to_channel(w, fields, event_id, payload).await);
+        }
         let secrets = match self.signing_secrets(w) {
             Ok(secrets) => secrets,
             // Retrying cannot help until the operator restores the key or sets a new secret.
@@ -590,9 +606,46 @@ impl WebhookService {
                 event_type,
                 secrets: &secrets,
                 timeout: Duration::from_secs(u64::from(w.timeout_secs)),
+                headers: &[],
             })
             .await;
         Ok(attempt)
+    }
+
+    /// A notification channel's job: its payload is the group of events for one message.
+    async fn send_to_channel(
+        &self,
+        w: &WebhookRecord,
+        fields: &ChannelFields,
+        id: &str,
+        payload: &str,
+    ) -> Attempt {
+        let refused = |error: String| Attempt {
+            verdict: Verdict::Failed,
+            status_code: None,
+            response_body: None,
+            error: Some(error),
+            duration_ms: 0,
+        };
+        let config = match open_config(&self.secrets, fields) {
+            Ok(c) => c,
+            Err(_) => return refused(UNREADABLE_SETTINGS.into()),
+        };
+        let events: Vec<Event> = match serde_json::from_str(payload) {
+            Ok(events) => events,
+            Err(e) => return refused(format!("the queued message cannot be read: {e}")),
+        };
+        if events.is_empty() {
+            return refused("the queued message has no event".into());
+        }
+        self.notifier
+            .send(
+                &config,
+                &events,
+                id,
+                Duration::from_secs(u64::from(w.timeout_secs)),
+            )
+            .await
     }
 
     /// Send a `webhook.test` event to this webhook only and report what really happened.
@@ -691,6 +744,15 @@ impl WebhookService {
         else {
             return Ok(false);
         };
+        if let Some(fields) = &w.channel {
+            // Over its rate the job waits, gathering further events of its group meanwhile.
+            let routing = routing_of(fields, &self.notifications);
+            if let Some(wait) = self.notifier.admit(&w.id, routing.rate_limit_per_minute) {
+                let at = now + chrono::Duration::from_std(wait).unwrap_or_default();
+                self.store.defer_job(&job.id, at).await?;
+                return Ok(true);
+            }
+        }
         let attempt_no = job.attempt + 1;
         let outcome = self
             .send(&w, &job.event_id, &job.event_type, &job.payload)
@@ -727,9 +789,13 @@ impl WebhookService {
         } else {
             None
         };
+        let (disabled_type, target_type) = match w.channel {
+            Some(_) => (EventType::ChannelDisabled, "notification_channel"),
+            None => (EventType::WebhookDisabled, "webhook"),
+        };
         let disabled_event = reason.as_ref().map(|r| {
-            Event::new(EventType::WebhookDisabled, &Origin::default())
-                .target("webhook", &w.id)
+            Event::new(disabled_type, &Origin::default())
+                .target(target_type, &w.id)
                 .meta("name", w.name.clone())
                 .meta("reason", r.clone())
         });

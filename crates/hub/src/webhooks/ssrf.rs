@@ -61,9 +61,19 @@ impl SsrfPolicy {
         Ok(url)
     }
 
+    /// Whether `ip` is in the operator's exemptions (`webhooks.allow_cidrs`).
+    pub fn exempts(&self, ip: IpAddr) -> bool {
+        self.allow.iter().any(|net| net.contains(&ip))
+    }
+
+    /// `Err` with the reason when a host name is a local one (checked before any lookup).
+    pub fn check_host_name(&self, name: &str) -> Result<(), String> {
+        check_name(name)
+    }
+
     /// `Err` with the reason when `ip` may not be contacted.
     pub fn check_ip(&self, ip: IpAddr) -> Result<(), String> {
-        if self.allow.iter().any(|net| net.contains(&ip)) {
+        if self.exempts(ip) {
             return Ok(());
         }
         match forbidden_reason(ip) {
@@ -72,6 +82,24 @@ impl SsrfPolicy {
             )),
             None => Ok(()),
         }
+    }
+
+    /// Resolve `host` and vet every address: all of them, or none when any is forbidden (so
+    /// the caller connects only to what was checked). Used for HTTP and SMTP alike.
+    pub async fn resolve_vetted(
+        &self,
+        host: &str,
+    ) -> Result<Vec<SocketAddr>, Box<dyn std::error::Error + Send + Sync>> {
+        check_name(host).map_err(Refused)?;
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, 0)).await?.collect();
+        if addrs.is_empty() {
+            return Err(format!("{host} has no address").into());
+        }
+        for addr in &addrs {
+            self.check_ip(addr.ip())
+                .map_err(|e| Refused(format!("host {host} {e}")))?;
+        }
+        Ok(addrs)
     }
 
     /// A resolver for the HTTP client that enforces this policy at connect time.
@@ -174,18 +202,7 @@ impl Resolve for GuardedResolver {
     fn resolve(&self, name: Name) -> Resolving {
         let policy = self.policy.clone();
         Box::pin(async move {
-            let host = name.as_str().to_string();
-            check_name(&host).map_err(Refused)?;
-            let addrs: Vec<SocketAddr> =
-                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            if addrs.is_empty() {
-                return Err(format!("{host} has no address").into());
-            }
-            for addr in &addrs {
-                policy
-                    .check_ip(addr.ip())
-                    .map_err(|e| Refused(format!("host {host} {e}")))?;
-            }
+            let addrs = policy.resolve_vetted(name.as_str()).await?;
             let addrs: Addrs = Box::new(addrs.into_iter());
             Ok(addrs)
         })

@@ -184,6 +184,26 @@ async fn every_catalog_type_is_really_emitted_with_all_event_keys() {
     send(hub.request(Method::POST, &format!("{webhook}/test"), Some(t))).await;
     hub.send_json(Method::PUT, &webhook, t, json!({ "retry_max": 2 }))
         .await;
+    // A notification channel likewise: tested, changed, then disabled by a 410.
+    let chat = Receiver::start(&[200, 410]).await;
+    let (status, created) = hub
+        .send_json(
+            Method::POST,
+            "/api/notifications/channels",
+            t,
+            json!({ "name": "gone", "kind": "discord",
+                    "config": { "url": format!("{}/api/webhooks/1/x", chat.base()) },
+                    "event_types": ["token.created"], "group_window_secs": 0 }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let channel = format!(
+        "/api/notifications/channels/{}",
+        created["channel_id"].as_str().unwrap()
+    );
+    send(hub.request(Method::POST, &format!("{channel}/test"), Some(t))).await;
+    hub.send_json(Method::PUT, &channel, t, json!({ "retry_max": 2 }))
+        .await;
     exercise_everything(&hub).await;
     exercise_the_fleet(&hub).await;
     eventually(Duration::from_secs(10), "webhook.disabled", || async {
@@ -191,6 +211,19 @@ async fn every_catalog_type_is_really_emitted_with_all_event_keys() {
     })
     .await;
     send(hub.request(Method::DELETE, &webhook, Some(t))).await;
+    eventually(
+        Duration::from_secs(10),
+        "notification_channel.disabled",
+        || async {
+            (!hub
+                .events("event_type=notification_channel.disabled")
+                .await
+                .is_empty())
+            .then_some(())
+        },
+    )
+    .await;
+    send(hub.request(Method::DELETE, &channel, Some(t))).await;
     eventually(Duration::from_secs(10), "a plugin.error event", || async {
         (!hub.events("event_type=plugin.error").await.is_empty()).then_some(())
     })

@@ -10,6 +10,7 @@ mod events;
 mod fleet;
 mod lifecycle;
 mod metrics;
+mod notifications;
 mod plugins;
 mod ratelimits;
 mod roles;

@@ -183,6 +183,48 @@ fn routes() -> Vec<(Method, &'static str, Access, Option<Value>)> {
             Roles(ADMIN),
             None,
         ),
+        (
+            Method::GET,
+            "/api/notifications/channels",
+            Roles(ADMIN),
+            None,
+        ),
+        (
+            Method::POST,
+            "/api/notifications/channels",
+            Roles(ADMIN),
+            Some(json!({})),
+        ),
+        (
+            Method::GET,
+            "/api/notifications/channels/{id}",
+            Roles(ADMIN),
+            None,
+        ),
+        (
+            Method::PUT,
+            "/api/notifications/channels/{id}",
+            Roles(ADMIN),
+            Some(json!({ "name": "x" })),
+        ),
+        (
+            Method::DELETE,
+            "/api/notifications/channels/{id}",
+            Roles(ADMIN),
+            None,
+        ),
+        (
+            Method::POST,
+            "/api/notifications/channels/{id}/test",
+            Roles(ADMIN),
+            None,
+        ),
+        (
+            Method::GET,
+            "/api/notifications/channels/{id}/deliveries",
+            Roles(ADMIN),
+            None,
+        ),
     ]
 }
 

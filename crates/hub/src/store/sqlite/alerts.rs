@@ -31,10 +31,22 @@ fn rule_from_row(row: &SqliteRow) -> Result<RuleRecord> {
         scope: row.try_get("scope")?,
         scope_value: row.try_get("scope_value")?,
         enabled: row.try_get("enabled")?,
+        channels: match row.try_get::<Option<String>, _>("channels")? {
+            None => None,
+            Some(json) => {
+                Some(serde_json::from_str(&json).map_err(|_| corrupt("rule channels", &json))?)
+            }
+        },
         created_by: row.try_get("created_by")?,
         created_at: from_ms(row.try_get("created_at")?),
         updated_at: from_ms(row.try_get("updated_at")?),
     })
+}
+
+fn channels_json(r: &RuleRecord) -> Option<String> {
+    r.channels
+        .as_ref()
+        .map(|c| serde_json::to_string(c).expect("strings serialise"))
 }
 
 fn alert_from_row(row: &SqliteRow) -> Result<AlertRecord> {
@@ -96,8 +108,8 @@ impl AlertStore for SqliteStore {
         sqlx::query(
             "INSERT INTO alert_rules (id, name, metric, mount, comparison, threshold,
                 recovery_threshold, for_secs, severity, scope, scope_value, enabled, created_by,
-                created_at, updated_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                created_at, updated_at, channels)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&r.id)
         .bind(&r.name)
@@ -114,6 +126,7 @@ impl AlertStore for SqliteStore {
         .bind(&r.created_by)
         .bind(ms(r.created_at))
         .bind(ms(r.updated_at))
+        .bind(channels_json(r))
         .execute(&mut *tx)
         .await
         .map_err(name_taken)?;
@@ -128,7 +141,7 @@ impl AlertStore for SqliteStore {
         let done = sqlx::query(
             "UPDATE alert_rules SET name = ?, metric = ?, mount = ?, comparison = ?, threshold = ?,
                 recovery_threshold = ?, for_secs = ?, severity = ?, scope = ?, scope_value = ?,
-                enabled = ?, updated_at = ?
+                enabled = ?, updated_at = ?, channels = ?
              WHERE id = ?",
         )
         .bind(&r.name)
@@ -143,6 +156,7 @@ impl AlertStore for SqliteStore {
         .bind(&r.scope_value)
         .bind(r.enabled)
         .bind(ms(r.updated_at))
+        .bind(channels_json(r))
         .bind(&r.id)
         .execute(&mut *tx)
         .await

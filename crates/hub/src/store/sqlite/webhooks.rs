@@ -11,7 +11,10 @@ use uuid::Uuid;
 use super::{SqliteStore, corrupt, from_ms, insert_event, ms};
 use crate::error::{Error, Result};
 use crate::events::Event;
-use crate::store::{AttemptEffects, DeliveryRecord, JobRecord, WebhookRecord, WebhookStore};
+use crate::store::{
+    AttemptEffects, ChannelFields, DeliveryRecord, JobRecord, NotificationItem, WebhookRecord,
+    WebhookStore,
+};
 
 fn webhook_from_row(row: &SqliteRow) -> Result<WebhookRecord> {
     let types: Option<String> = row.try_get("event_types")?;
@@ -38,6 +41,18 @@ fn webhook_from_row(row: &SqliteRow) -> Result<WebhookRecord> {
         last_triggered_at: opt_ms("last_triggered_at")?,
         failing_since: opt_ms("failing_since")?,
         disabled_reason: row.try_get("disabled_reason")?,
+        channel: match row.try_get::<Option<String>, _>("channel_kind")? {
+            None => None,
+            Some(kind) => Some(ChannelFields {
+                kind,
+                config: row
+                    .try_get::<Option<String>, _>("channel_config")?
+                    .unwrap_or_default(),
+                routing: row
+                    .try_get::<Option<String>, _>("channel_routing")?
+                    .unwrap_or_else(|| "{}".into()),
+            }),
+        },
     })
 }
 
@@ -105,14 +120,19 @@ async fn insert_delivery(conn: &mut SqliteConnection, d: &DeliveryRecord) -> Res
     Ok(())
 }
 
+/// Events one message gathers at most; more open a new group.
+const MAX_GROUP_EVENTS: usize = 200;
+
 async fn insert_job(
     conn: &mut SqliteConnection,
     j: &JobRecord,
+    group_key: Option<&str>,
     now: DateTime<Utc>,
 ) -> Result<bool> {
     let done = sqlx::query(
         "INSERT OR IGNORE INTO webhook_jobs (id, webhook_id, event_id, event_type, payload, attempt,
-            next_attempt_at, locked_until, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, NULL, ?)",
+            next_attempt_at, locked_until, created_at, group_key)
+         VALUES (?, ?, ?, ?, ?, ?, ?, NULL, ?, ?)",
     )
     .bind(&j.id)
     .bind(&j.webhook_id)
@@ -122,6 +142,7 @@ async fn insert_job(
     .bind(i64::from(j.attempt))
     .bind(ms(j.next_attempt_at))
     .bind(ms(now))
+    .bind(group_key)
     .execute(conn)
     .await?;
     Ok(done.rows_affected() == 1)
@@ -134,8 +155,9 @@ impl WebhookStore for SqliteStore {
         sqlx::query(
             "INSERT INTO webhooks (id, name, url, secret, previous_secret, previous_secret_expires_at,
                 enabled, event_types, retry_max, timeout, created_by, created_at, updated_at,
-                last_triggered_at, failing_since, disabled_reason)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                last_triggered_at, failing_since, disabled_reason, channel_kind, channel_config,
+                channel_routing)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&w.id)
         .bind(&w.name)
@@ -153,6 +175,9 @@ impl WebhookStore for SqliteStore {
         .bind(w.last_triggered_at.map(ms))
         .bind(w.failing_since.map(ms))
         .bind(&w.disabled_reason)
+        .bind(w.channel.as_ref().map(|c| &c.kind))
+        .bind(w.channel.as_ref().map(|c| &c.config))
+        .bind(w.channel.as_ref().map(|c| &c.routing))
         .execute(&mut *tx)
         .await?;
         insert_event(&mut tx, event).await?;
@@ -170,10 +195,95 @@ impl WebhookStore for SqliteStore {
     }
 
     async fn list_webhooks(&self) -> Result<Vec<WebhookRecord>> {
-        let rows = sqlx::query("SELECT * FROM webhooks ORDER BY created_at, id")
-            .fetch_all(&self.read)
-            .await?;
+        let rows = sqlx::query(
+            "SELECT * FROM webhooks WHERE channel_kind IS NULL ORDER BY created_at, id",
+        )
+        .fetch_all(&self.read)
+        .await?;
         rows.iter().map(webhook_from_row).collect()
+    }
+
+    async fn list_channels(&self) -> Result<Vec<WebhookRecord>> {
+        let rows = sqlx::query(
+            "SELECT * FROM webhooks WHERE channel_kind IS NOT NULL ORDER BY created_at, id",
+        )
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter().map(webhook_from_row).collect()
+    }
+
+    async fn enqueue_notifications(
+        &self,
+        items: &[NotificationItem],
+        now: DateTime<Utc>,
+    ) -> Result<u64> {
+        if items.is_empty() {
+            return Ok(0);
+        }
+        let mut tx = self.write.begin().await?;
+        let mut queued = 0;
+        for item in items {
+            let event_id = item.event.event_id.to_string();
+            let open = sqlx::query(
+                "SELECT id, payload FROM webhook_jobs
+                 WHERE webhook_id = ? AND group_key = ? AND attempt = 0 AND locked_until IS NULL
+                   AND next_attempt_at > ?
+                 ORDER BY next_attempt_at LIMIT 1",
+            )
+            .bind(&item.channel_id)
+            .bind(&item.group_key)
+            .bind(ms(now))
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(row) = open {
+                let id: String = row.try_get("id")?;
+                let payload: String = row.try_get("payload")?;
+                let mut events: Vec<serde_json::Value> =
+                    serde_json::from_str(&payload).map_err(|_| corrupt("group payload", &id))?;
+                if events.len() < MAX_GROUP_EVENTS {
+                    // A re-dispatched event (after a crash) is already in its group.
+                    if !events.iter().any(|e| e["event_id"] == event_id.as_str()) {
+                        events
+                            .push(serde_json::to_value(&item.event).map_err(anyhow::Error::from)?);
+                        sqlx::query("UPDATE webhook_jobs SET payload = ? WHERE id = ?")
+                            .bind(serde_json::to_string(&events).map_err(anyhow::Error::from)?)
+                            .bind(&id)
+                            .execute(&mut *tx)
+                            .await?;
+                        queued += 1;
+                    }
+                    continue;
+                }
+            }
+            let job = JobRecord {
+                id: Uuid::now_v7().to_string(),
+                webhook_id: item.channel_id.clone(),
+                event_id,
+                event_type: item.event.event_type.clone(),
+                payload: serde_json::to_string(&[&item.event]).map_err(anyhow::Error::from)?,
+                attempt: 0,
+                next_attempt_at: now + item.window,
+            };
+            if insert_job(&mut tx, &job, Some(&item.group_key), now).await? {
+                queued += 1;
+            }
+        }
+        tx.commit().await?;
+        if queued > 0 {
+            self.new_jobs.notify_waiters();
+        }
+        Ok(queued)
+    }
+
+    async fn defer_job(&self, job_id: &str, at: DateTime<Utc>) -> Result<()> {
+        sqlx::query(
+            "UPDATE webhook_jobs SET locked_until = NULL, next_attempt_at = ? WHERE id = ?",
+        )
+        .bind(ms(at))
+        .bind(job_id)
+        .execute(&self.write)
+        .await?;
+        Ok(())
     }
 
     async fn update_webhook(&self, w: &WebhookRecord, event: &Event) -> Result<()> {
@@ -181,7 +291,8 @@ impl WebhookStore for SqliteStore {
         let done = sqlx::query(
             "UPDATE webhooks SET name = ?, url = ?, secret = ?, previous_secret = ?,
                 previous_secret_expires_at = ?, enabled = ?, event_types = ?, retry_max = ?,
-                timeout = ?, updated_at = ?, failing_since = ?, disabled_reason = ?
+                timeout = ?, updated_at = ?, failing_since = ?, disabled_reason = ?,
+                channel_config = ?, channel_routing = ?
              WHERE id = ?",
         )
         .bind(&w.name)
@@ -196,6 +307,8 @@ impl WebhookStore for SqliteStore {
         .bind(ms(w.updated_at))
         .bind(w.failing_since.map(ms))
         .bind(&w.disabled_reason)
+        .bind(w.channel.as_ref().map(|c| &c.config))
+        .bind(w.channel.as_ref().map(|c| &c.routing))
         .bind(&w.id)
         .execute(&mut *tx)
         .await?;
@@ -248,7 +361,7 @@ impl WebhookStore for SqliteStore {
                     attempt: 0,
                     next_attempt_at: now,
                 };
-                queued += u64::from(insert_job(&mut tx, &job, now).await?);
+                queued += u64::from(insert_job(&mut tx, &job, None, now).await?);
             }
         }
         tx.commit().await?;
@@ -260,7 +373,7 @@ impl WebhookStore for SqliteStore {
 
     async fn enqueue_job(&self, job: &JobRecord) -> Result<()> {
         let mut conn = self.write.acquire().await?;
-        if !insert_job(&mut conn, job, Utc::now()).await? {
+        if !insert_job(&mut conn, job, None, Utc::now()).await? {
             return Err(Error::Conflict(format!(
                 "event {} is already queued for this webhook",
                 job.event_id
@@ -577,6 +690,7 @@ mod tests {
             last_triggered_at: None,
             failing_since: None,
             disabled_reason: None,
+            channel: None,
         }
     }
 

@@ -15,6 +15,8 @@ use axum::routing::post;
 /// One request the receiver got.
 #[derive(Debug, Clone)]
 pub struct Received {
+    /// The request path, e.g. `/hook` or `/bot123:abc/sendMessage`.
+    pub path: String,
     pub headers: HeaderMap,
     pub body: Bytes,
     pub at: Instant,
@@ -83,8 +85,14 @@ pub struct Receiver {
     task: tokio::task::JoinHandle<()>,
 }
 
-async fn receive(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
+async fn receive(
+    State(s): State<Shared>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     s.received.lock().unwrap().push(Received {
+        path: uri.path().to_string(),
         headers,
         body,
         at: Instant::now(),
@@ -135,8 +143,10 @@ impl Receiver {
             script: Arc::new(Mutex::new(script.into())),
             fallback,
         };
+        // Any path: chat services put tokens and topics in theirs, and tests check them.
         let app = Router::new()
             .route("/hook", post(receive))
+            .fallback(receive)
             .with_state(shared.clone());
         let addr = listener.local_addr().unwrap();
         let task = tokio::spawn(async move {
@@ -148,6 +158,11 @@ impl Receiver {
     /// The URL to configure.
     pub fn url(&self) -> String {
         format!("http://{}/hook", self.addr)
+    }
+
+    /// The receiver's root, `http://127.0.0.1:port`.
+    pub fn base(&self) -> String {
+        format!("http://{}", self.addr)
     }
 
     /// Everything received so far.
