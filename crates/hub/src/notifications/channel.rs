@@ -41,8 +41,8 @@ pub enum SmtpTls {
     None,
 }
 
-/// A channel's validated settings; stored sealed as JSON.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// A channel's validated settings; stored sealed as JSON. `Debug` shows no secret.
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(tag = "kind", content = "config", rename_all = "lowercase")]
 pub enum ChannelConfig {
     Email {
@@ -77,6 +77,15 @@ pub enum ChannelConfig {
         url: String,
         secret: Option<String>,
     },
+}
+
+impl std::fmt::Debug for ChannelConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChannelConfig")
+            .field("kind", &self.kind())
+            .field("destination", &self.destination())
+            .finish_non_exhaustive()
+    }
 }
 
 /// Which events a channel gets beyond its event types, and how fast.
@@ -526,5 +535,64 @@ impl Fields<'_> {
                 "must be a list of strings",
             )),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_shows_no_secret() {
+        let policy = SsrfPolicy::default();
+        let c = ChannelConfig::parse(
+            "slack",
+            &json!({ "url": "https://hooks.slack.com/services/T0/B0/tokentoken" }),
+            None,
+            &policy,
+        )
+        .unwrap();
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("tokentoken"), "{shown}");
+        assert!(shown.contains("hooks.slack.com"), "{shown}");
+    }
+
+    #[test]
+    fn an_edit_keeps_secrets_it_leaves_out_and_replaces_those_it_gives() {
+        let policy = SsrfPolicy::default();
+        let first = ChannelConfig::parse(
+            "ntfy",
+            &json!({ "topic": "alerts", "token": "tk_old" }),
+            None,
+            &policy,
+        )
+        .unwrap();
+        let kept =
+            ChannelConfig::parse("ntfy", &json!({ "topic": "other" }), Some(&first), &policy)
+                .unwrap();
+        assert!(
+            matches!(&kept, ChannelConfig::Ntfy { topic, token: Some(t), .. }
+            if topic == "other" && t == "tk_old")
+        );
+        let replaced = ChannelConfig::parse(
+            "ntfy",
+            &json!({ "topic": "other", "token": "tk_new" }),
+            Some(&first),
+            &policy,
+        )
+        .unwrap();
+        assert!(matches!(replaced, ChannelConfig::Ntfy { token: Some(t), .. } if t == "tk_new"));
+    }
+
+    #[test]
+    fn smtp_hosts_pass_the_ssrf_guard() {
+        let policy = SsrfPolicy::default();
+        let mail =
+            |host: &str| json!({ "host": host, "from": "a@example.com", "to": ["b@example.com"] });
+        for host in ["127.0.0.1", "10.1.2.3", "mail.internal", "localhost"] {
+            let e = ChannelConfig::parse("email", &mail(host), None, &policy).unwrap_err();
+            assert!(e.to_string().starts_with("config.host"), "{host}: {e}");
+        }
+        assert!(ChannelConfig::parse("email", &mail("smtp.example.com"), None, &policy).is_ok());
     }
 }

@@ -395,3 +395,41 @@ fn generic(m: &Message, events: &[Event]) -> Value {
         "events": events,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::webhooks::ssrf::SsrfPolicy;
+    use std::sync::Arc;
+
+    #[test]
+    fn the_rate_limit_admits_up_to_the_limit_then_says_how_long_to_wait() {
+        let client = WebhookClient::new(Arc::new(SsrfPolicy::default())).unwrap();
+        let n = Notifier::new(client, Renderer::default(), "hub".into());
+        assert_eq!(n.admit("a", 2), None);
+        assert_eq!(n.admit("a", 2), None);
+        let wait = n.admit("a", 2).expect("third in a minute waits");
+        assert!(
+            wait > Duration::from_secs(58) && wait <= Duration::from_secs(60),
+            "{wait:?}"
+        );
+        assert_eq!(n.admit("b", 2), None, "channels are paced apart");
+    }
+
+    #[test]
+    fn long_texts_are_clipped_to_what_the_service_takes() {
+        let text = "x".repeat(5000);
+        let clipped = clip(&text, DISCORD_MAX);
+        assert_eq!(clipped.chars().count(), DISCORD_MAX);
+        assert!(clipped.ends_with('…'));
+        assert_eq!(clip("short", DISCORD_MAX), "short");
+    }
+
+    #[test]
+    fn slack_text_cannot_inject_links_or_mentions() {
+        assert_eq!(
+            slack_escape("<!channel> & <http://x|y>"),
+            "&lt;!channel&gt; &amp; &lt;http://x|y&gt;"
+        );
+    }
+}

@@ -670,6 +670,7 @@ async fn finish_batch(store: &SqliteStore, batch: &[Finish]) -> Result<(bool, bo
 mod tests {
     use super::*;
     use crate::events::{EventType, Origin};
+    use serde_json::Value;
 
     fn webhook(id: &str) -> WebhookRecord {
         let now = Utc::now();
@@ -752,5 +753,85 @@ mod tests {
         let (log, _) = store.deliveries("kept", None, 10, 0).await.unwrap();
         assert_eq!(log.len(), 1);
         assert_eq!(store.pending_jobs("kept").await.unwrap(), 0);
+    }
+
+    fn item(channel: &str, key: &str, window_secs: i64) -> NotificationItem {
+        NotificationItem {
+            channel_id: channel.into(),
+            group_key: key.into(),
+            window: chrono::Duration::seconds(window_secs),
+            event: Event::new(EventType::ServerOffline, &Origin::default()),
+        }
+    }
+
+    fn group_sizes(jobs: &[(String, String)]) -> Vec<usize> {
+        let mut sizes: Vec<usize> = jobs
+            .iter()
+            .map(|(_, p)| serde_json::from_str::<Vec<Value>>(p).unwrap().len())
+            .collect();
+        sizes.sort();
+        sizes
+    }
+
+    async fn jobs_of(store: &SqliteStore, channel: &str) -> Vec<(String, String)> {
+        sqlx::query_as("SELECT id, payload FROM webhook_jobs WHERE webhook_id = ?")
+            .bind(channel)
+            .fetch_all(&store.read)
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn events_of_one_group_gather_in_one_job_until_it_falls_due() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("n.db").display());
+        let store = SqliteStore::open(&url).await.unwrap();
+        let mut channel = webhook("ch");
+        channel.channel = Some(ChannelFields {
+            kind: "slack".into(),
+            config: String::new(),
+            routing: "{}".into(),
+        });
+        let created = Event::new(EventType::ChannelCreated, &Origin::default());
+        store.insert_webhook(&channel, &created).await.unwrap();
+        assert!(
+            store.list_webhooks().await.unwrap().is_empty(),
+            "not a managed webhook"
+        );
+        assert_eq!(store.list_channels().await.unwrap().len(), 1);
+
+        let now = Utc::now();
+        let mut items: Vec<NotificationItem> =
+            (0..5).map(|_| item("ch", "server.offline", 30)).collect();
+        items.push(item("ch", "server.online", 30));
+        // Dispatched again after a crash: an event already in its group is not added twice.
+        items.push(items[0].clone());
+        assert_eq!(store.enqueue_notifications(&items, now).await.unwrap(), 6);
+        assert_eq!(group_sizes(&jobs_of(&store, "ch").await), [1, 5]);
+
+        // Both groups are due once the window has passed. The first claimed is deferred by
+        // the rate limit: it is open again and keeps gathering its group's events.
+        let later = now + chrono::Duration::seconds(31);
+        let (claimed, _) = store
+            .claim_job(later, later + chrono::Duration::seconds(90), 4)
+            .await
+            .unwrap()
+            .expect("a due job");
+        assert_eq!(claimed.event_type, "server.offline", "oldest first");
+        store
+            .defer_job(&claimed.id, later + chrono::Duration::seconds(60))
+            .await
+            .unwrap();
+        let next = later + chrono::Duration::seconds(1);
+        store
+            .enqueue_notifications(&[item("ch", "server.offline", 30)], next)
+            .await
+            .unwrap();
+        // The other group fell due unsent: closed, so a new event opens a new group.
+        store
+            .enqueue_notifications(&[item("ch", "server.online", 30)], next)
+            .await
+            .unwrap();
+        assert_eq!(group_sizes(&jobs_of(&store, "ch").await), [1, 1, 6]);
     }
 }
