@@ -114,11 +114,12 @@ pub async fn update_channel(
     }))
 }
 
-/// Delete a channel with its queued messages and its delivery log.
+/// Delete a channel with its queued messages and its delivery log (409 while an alert rule
+/// names it).
 #[utoipa::path(delete, path = "/api/notifications/channels/{id}", tag = "notifications",
     params(("id" = String, Path)),
     responses((status = 200, body = Success), (status = 401, body = ErrorBody),
-        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn delete_channel(
     State(state): State<AppState>,
     caller: Authorized<need::ManageNotifications>,

@@ -431,9 +431,28 @@ impl NotificationService {
         Ok(w)
     }
 
-    /// Delete a channel with its queue and log.
+    /// Delete a channel with its queue and log. Refused while an alert rule names it: that
+    /// rule's alerts would silently go nowhere.
     pub async fn delete(&self, origin: &Origin, id: &str) -> Result<()> {
         let w = self.get(id).await?;
+        let naming: Vec<String> = self
+            .store
+            .list_rules()
+            .await?
+            .into_iter()
+            .filter(|r| {
+                r.channels
+                    .as_ref()
+                    .is_some_and(|c| c.iter().any(|c| c == id))
+            })
+            .map(|r| r.name)
+            .collect();
+        if !naming.is_empty() {
+            return Err(Error::Conflict(format!(
+                "alert rules {} send to this channel; change their channels first",
+                naming.join(", ")
+            )));
+        }
         let event = Event::new(EventType::ChannelDeleted, origin)
             .target("notification_channel", id)
             .meta("name", w.name)

@@ -216,7 +216,10 @@ impl Notifier {
             builder = builder.credentials(Credentials::new(user.clone(), pass.clone()));
         }
         let mailer = builder.build();
-        let sent = tokio::time::timeout(timeout * 3, mailer.send(email)).await;
+        // Resolving and sending together stay within twice the channel's timeout, well inside
+        // the job's lease, so a slow server can never have the job sent twice.
+        let budget = (timeout * 2).saturating_sub(started.elapsed());
+        let sent = tokio::time::timeout(budget, mailer.send(email)).await;
         let duration_ms = started.elapsed().as_millis() as u64;
         match sent {
             Ok(Ok(response)) => Attempt {

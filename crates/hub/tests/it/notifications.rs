@@ -525,7 +525,7 @@ async fn a_rule_that_names_channels_notifies_only_those() {
         )
         .await;
     assert_error(&refused, StatusCode::BAD_REQUEST, "channels");
-    cpu_rule(&hub, json!({ "channels": [named_id] })).await;
+    let rule = cpu_rule(&hub, json!({ "channels": [named_id] })).await;
     let (_, token) = hub.create_server("api-1", &[]).await;
     report_cpu(&hub, &token, 99.0).await;
     eventually(
@@ -544,6 +544,22 @@ async fn a_rule_that_names_channels_notifies_only_those() {
     assert_eq!(view["pending_deliveries"], 0);
     assert!(deliveries(&hub, &other_id).await.is_empty());
     assert!(other.received().is_empty());
+
+    // The named channel cannot be deleted from under its rule.
+    let channel = format!("/api/notifications/channels/{named_id}");
+    let refused = send(hub.request(Method::DELETE, &channel, Some(&hub.admin_token))).await;
+    assert_error(&refused, StatusCode::CONFLICT, "cpu-high");
+    let (status, _) = hub
+        .send_json(
+            Method::PUT,
+            &format!("/api/alerts/rules/{rule}"),
+            &hub.admin_token,
+            json!({ "channels": null }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = send(hub.request(Method::DELETE, &channel, Some(&hub.admin_token))).await;
+    assert_eq!(status, StatusCode::OK);
 }
 
 #[tokio::test]
