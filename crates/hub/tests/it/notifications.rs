@@ -617,6 +617,11 @@ struct SmtpServer {
 
 impl SmtpServer {
     fn start() -> SmtpServer {
+        Self::start_with(&[])
+    }
+
+    /// With more aiosmtpd options (TLS certificates).
+    fn start_with(options: &[&str]) -> SmtpServer {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -625,6 +630,7 @@ impl SmtpServer {
         let maildir = tempfile::tempdir().unwrap();
         let child = std::process::Command::new("python3")
             .args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{port}")])
+            .args(options)
             .args(["-c", "aiosmtpd.handlers.Mailbox"])
             .arg(maildir.path().join("mail"))
             .spawn()
@@ -709,4 +715,43 @@ async fn an_email_channel_delivers_over_smtp_with_subject_and_body() {
         .then_some(())
     })
     .await;
+}
+
+#[tokio::test]
+#[ignore = "needs Python's aiosmtpd (pip install aiosmtpd) and openssl: run by .ci/run"]
+async fn starttls_and_implicit_tls_verify_the_server_certificate_and_send_nothing_otherwise() {
+    // A self-signed certificate: no public CA vouches for it, so the hub must refuse it.
+    let certs = tempfile::tempdir().unwrap();
+    let (cert, key) = (certs.path().join("cert.pem"), certs.path().join("key.pem"));
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args(["-subj", "/CN=127.0.0.1", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl");
+    assert!(made.status.success(), "{made:?}");
+    let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+    let starttls = SmtpServer::start_with(&["--tlscert", cert, "--tlskey", key]);
+    let implicit = SmtpServer::start_with(&["--smtpscert", cert, "--smtpskey", key]);
+    let hub = loopback_hub().await;
+    for (tls, server) in [("starttls", &starttls), ("implicit", &implicit)] {
+        let id = create_channel(
+            &hub,
+            json!({ "name": format!("mail {tls}"), "kind": "email",
+                    "config": { "host": "127.0.0.1", "port": server.port, "tls": tls,
+                                "username": "smon", "password": "hunter2",
+                                "from": "smon@example.com", "to": ["ops@example.com"] } }),
+        )
+        .await;
+        let outcome = test_channel(&hub, &id).await;
+        assert_eq!(outcome["success"], false, "{tls}: {outcome}");
+        let error = outcome["error"].as_str().unwrap();
+        assert!(error.contains("certificate"), "{tls}: {error}");
+        assert!(!error.contains("hunter2"));
+    }
+    assert!(starttls.messages().is_empty() && implicit.messages().is_empty());
 }
