@@ -312,9 +312,14 @@ impl AlertService {
             r.enabled = v;
         }
         if let Some(v) = input.channels {
-            r.channels = v.map(|mut ids| {
-                ids.dedup();
-                ids
+            r.channels = v.map(|ids| {
+                let mut unique: Vec<String> = Vec::with_capacity(ids.len());
+                for id in ids {
+                    if !unique.contains(&id) {
+                        unique.push(id);
+                    }
+                }
+                unique
             });
         }
         Rule::compile(r)
@@ -554,7 +559,9 @@ impl AlertService {
         let by = origin.username.clone().unwrap_or_default();
         let mut event = Event::new(EventType::AlertAcknowledged, origin)
             .target("alert", id)
-            .meta("rule_name", alert.rule_name.clone());
+            .meta("rule_id", alert.rule_id.clone())
+            .meta("rule_name", alert.rule_name.clone())
+            .meta("alert_severity", alert.severity.as_str());
         event.server_id = Some(alert.server_id.clone());
         event.server_name = alert.server_name.clone();
         self.store

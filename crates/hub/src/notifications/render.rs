@@ -31,9 +31,19 @@ pub const PLACEHOLDERS: &[&str] = &[
     "username",
 ];
 
-/// The built-in (subject, body) of an event type; `None` for the generic one.
-fn default_template(event_type: &str) -> (&'static str, &'static str) {
-    match event_type {
+/// The built-in (subject, body) of an event.
+fn default_template(e: &Event) -> (&'static str, &'static str) {
+    let offline = e.meta.get("metric").and_then(|m| m.as_str()) == Some("offline");
+    match e.event_type.as_str() {
+        // An offline rule has no value to speak of: say how long the server was silent.
+        "alert.triggered" if offline => (
+            "[{severity}] {rule} on {server}",
+            "{rule} is firing: {server} has not reported for {duration}.\n{link}",
+        ),
+        "alert.resolved" if offline => (
+            "[resolved] {rule} on {server}",
+            "{rule} resolved after firing for {duration}: {server} {resolution}.\n{link}",
+        ),
         "alert.triggered" => (
             "[{severity}] {rule} on {server}",
             "{rule} is firing on {server}: {metric} is {value} ({comparison} {threshold} for {duration}).\n{link}",
@@ -133,9 +143,18 @@ fn fill(template: &str, vars: &BTreeMap<&str, String>) -> String {
         }
     }
     out.push_str(rest);
-    // A template line made only of an absent link is dropped rather than left blank.
-    out.lines()
-        .filter(|l| !l.trim().is_empty())
+    out
+}
+
+/// Fill a template line by line; a line whose placeholders all came out empty (a link
+/// without a public URL) is dropped, blank lines written in the template stay.
+fn fill_lines(template: &str, vars: &BTreeMap<&str, String>) -> String {
+    template
+        .split('\n')
+        .filter_map(|line| {
+            let filled = fill(line, vars);
+            (line.trim().is_empty() || !filled.trim().is_empty()).then_some(filled)
+        })
         .collect::<Vec<_>>()
         .join("\n")
 }
@@ -151,7 +170,6 @@ fn with_unit(metric: &str, v: f64) -> String {
         "cpu" | "memory" | "swap" | "disk" => format!("{} %", number(v)),
         "temperature" => format!("{} °C", number(v)),
         "net_rx" | "net_tx" => bytes_per_sec(v),
-        "offline" => duration(v.max(0.0) as i64),
         _ => number(v),
     }
 }
@@ -264,12 +282,12 @@ impl Renderer {
     }
 
     fn render_one(&self, e: &Event) -> (String, String) {
-        let (subject, body) = default_template(&e.event_type);
+        let (subject, body) = default_template(e);
         let custom = self.overrides.get(&e.event_type);
         let subject = custom.and_then(|c| c.subject.as_deref()).unwrap_or(subject);
         let body = custom.and_then(|c| c.body.as_deref()).unwrap_or(body);
         let vars = self.vars(e);
-        (fill(subject, &vars), fill(body, &vars))
+        (fill_lines(subject, &vars), fill_lines(body, &vars))
     }
 
     /// One message for `events` (one event, or a group of one rule or one type).
@@ -380,6 +398,32 @@ mod tests {
                 .contains("{nope}")
         );
         assert!(check_template("{server} {value}").is_ok());
+    }
+
+    #[test]
+    fn an_offline_alert_says_how_long_the_server_was_silent() {
+        let mut e = triggered("db-2", 1.0);
+        e.meta.insert("metric".into(), "offline".into());
+        e.meta.insert("rule_name".into(), "Server offline".into());
+        let m = Renderer::default().render(&[e]);
+        assert_eq!(
+            m.body,
+            "Server offline is firing: db-2 has not reported for 5 min."
+        );
+    }
+
+    #[test]
+    fn blank_lines_of_a_template_stay_and_lines_of_absent_values_go() {
+        let mut o = BTreeMap::new();
+        o.insert(
+            "alert.triggered".to_string(),
+            TemplateConfig {
+                subject: None,
+                body: Some("{server}\n\nvalue {value}\n{link}".into()),
+            },
+        );
+        let m = Renderer::new(o, "").render(&[triggered("db", 91.0)]);
+        assert_eq!(m.body, "db\n\nvalue 91 %");
     }
 
     #[test]

@@ -162,16 +162,17 @@ impl Notifier {
         else {
             unreachable!("called for e-mail only")
         };
-        // The SSRF guard vets the SMTP server too; the connection goes to the vetted address
-        // (the name is kept for the certificate check).
+        // The SSRF guard vets the SMTP server too; the connection goes to the vetted
+        // addresses (the name is kept for the certificate check), IPv4 first, the next one
+        // tried when one cannot be reached.
         let policy = self.client.policy();
-        let ip = match host.parse::<IpAddr>() {
+        let mut addresses: Vec<IpAddr> = match host.parse::<IpAddr>() {
             Ok(ip) => match policy.check_ip(ip) {
-                Ok(()) => ip,
+                Ok(()) => vec![ip],
                 Err(e) => return failed(format!("destination refused: {e}"), Verdict::Failed),
             },
             Err(_) => match tokio::time::timeout(timeout, policy.resolve_vetted(host)).await {
-                Ok(Ok(addrs)) => addrs[0].ip(),
+                Ok(Ok(addrs)) => addrs.iter().map(|a| a.ip()).collect(),
                 Ok(Err(e)) if e.is::<crate::webhooks::ssrf::Refused>() => {
                     return failed(format!("destination refused: {e}"), Verdict::Failed);
                 }
@@ -189,37 +190,47 @@ impl Notifier {
                 }
             },
         };
+        addresses.sort_by_key(|ip| ip.is_ipv6());
+        addresses.dedup();
         let email = match build_email(from, to, m) {
             Ok(e) => e,
             Err(e) => return failed(e, Verdict::Failed),
         };
-        let tls = match tls {
-            SmtpTls::None => Tls::None,
-            SmtpTls::Starttls | SmtpTls::Implicit => {
-                let params = match TlsParameters::new(host.clone()) {
-                    Ok(p) => p,
-                    Err(e) => return failed(format!("TLS setup failed: {e}"), Verdict::Failed),
-                };
-                if *tls == SmtpTls::Implicit {
-                    Tls::Wrapper(params)
-                } else {
-                    Tls::Required(params)
-                }
+        let mut sent = None;
+        for ip in &addresses {
+            let tls = match smtp_tls(*tls, host) {
+                Ok(t) => t,
+                Err(e) => return failed(e, Verdict::Failed),
+            };
+            let mut builder =
+                AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(ip.to_string())
+                    .port(*port)
+                    .tls(tls)
+                    .hello_name(ClientId::Domain(self.hello_name.clone()))
+                    .timeout(Some(timeout));
+            if let (Some(user), Some(pass)) = (username, password) {
+                builder = builder.credentials(Credentials::new(user.clone(), pass.clone()));
             }
-        };
-        let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(ip.to_string())
-            .port(*port)
-            .tls(tls)
-            .hello_name(ClientId::Domain(self.hello_name.clone()))
-            .timeout(Some(timeout));
-        if let (Some(user), Some(pass)) = (username, password) {
-            builder = builder.credentials(Credentials::new(user.clone(), pass.clone()));
+            let mailer = builder.build();
+            // Resolving and sending together stay within twice the channel's timeout, well
+            // inside the job's lease, so a slow server can never have the job sent twice.
+            let budget = (timeout * 2).saturating_sub(started.elapsed());
+            let result = tokio::time::timeout(budget, mailer.send(email.clone())).await;
+            // Only "could not reach this address" moves on to the next one; an SMTP answer
+            // or a TLS failure would be the same there.
+            let unreachable = matches!(&result, Ok(Err(e))
+                if !e.is_response() && !e.is_tls() && !e.is_client());
+            sent = Some(result);
+            if !unreachable {
+                break;
+            }
         }
-        let mailer = builder.build();
-        // Resolving and sending together stay within twice the channel's timeout, well inside
-        // the job's lease, so a slow server can never have the job sent twice.
-        let budget = (timeout * 2).saturating_sub(started.elapsed());
-        let sent = tokio::time::timeout(budget, mailer.send(email)).await;
+        let Some(sent) = sent else {
+            return failed(
+                format!("{host} has no address"),
+                Verdict::Retry { after: None },
+            );
+        };
         let duration_ms = started.elapsed().as_millis() as u64;
         match sent {
             Ok(Ok(response)) => Attempt {
@@ -253,6 +264,16 @@ impl Notifier {
             },
         }
     }
+}
+
+fn smtp_tls(tls: SmtpTls, host: &str) -> Result<Tls, String> {
+    let params =
+        || TlsParameters::new(host.to_string()).map_err(|e| format!("TLS setup failed: {e}"));
+    Ok(match tls {
+        SmtpTls::None => Tls::None,
+        SmtpTls::Starttls => Tls::Required(params()?),
+        SmtpTls::Implicit => Tls::Wrapper(params()?),
+    })
 }
 
 fn smtp_code(code: &str) -> Option<u16> {

@@ -224,11 +224,12 @@ impl WebhookStore for SqliteStore {
         let mut queued = 0;
         for item in items {
             let event_id = item.event.event_id.to_string();
+            // The newest open group: when an older one is full, the one opened after it.
             let open = sqlx::query(
                 "SELECT id, payload FROM webhook_jobs
                  WHERE webhook_id = ? AND group_key = ? AND attempt = 0 AND locked_until IS NULL
                    AND next_attempt_at > ?
-                 ORDER BY next_attempt_at LIMIT 1",
+                 ORDER BY next_attempt_at DESC LIMIT 1",
             )
             .bind(&item.channel_id)
             .bind(&item.group_key)
