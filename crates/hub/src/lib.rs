@@ -17,6 +17,7 @@ pub mod secrets;
 pub mod store;
 pub mod system;
 pub mod tasks;
+pub mod ui;
 pub mod users;
 pub mod webhooks;
 pub mod wire;

@@ -46,7 +46,8 @@ pub struct VerifyResponse {
     pub role: Role,
 }
 
-fn session_cookie(value: &str, max_age_secs: u64, secure: bool) -> HeaderValue {
+/// The session cookie: HttpOnly, SameSite=Lax, Secure when configured (empty value and 0 clear it).
+pub fn session_cookie(value: &str, max_age_secs: u64, secure: bool) -> HeaderValue {
     let secure = if secure { "; Secure" } else { "" };
     let cookie = format!(
         "{SESSION_COOKIE}={value}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age_secs}{secure}"

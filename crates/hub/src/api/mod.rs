@@ -20,7 +20,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderValue, header};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::Serialize;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -202,7 +202,7 @@ pub fn router(state: AppState) -> Router {
             }
         }),
     )
-    .route("/", get(home))
+    .merge(crate::ui::router())
     .fallback(|| async { Error::NotFound("route".into()) })
     .method_not_allowed_fallback(|| async { Error::MethodNotAllowed })
     // Inner to outer: the rate limit answers 429 before a handler runs; a panic becomes a 500;
@@ -237,14 +237,4 @@ pub fn router(state: AppState) -> Router {
             .on_failure(tower_http::trace::DefaultOnFailure::new().level(tracing::Level::DEBUG)),
     )
     .with_state(state)
-}
-
-async fn home() -> Html<String> {
-    Html(format!(
-        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Server Monitor</title></head>\
-         <body><h1>Server Monitor hub {}</h1><p>The hub is running. The web interface arrives in a later \
-         release; use the JSON API meanwhile: log in with <code>POST /api/auth/login</code>.</p>\
-         <p><a href=\"/api/openapi.json\">OpenAPI document</a> · <a href=\"/api/health\">health</a></p></body></html>",
-        crate::VERSION
-    ))
 }

@@ -426,6 +426,17 @@ pub enum Tier {
     Hour,
 }
 
+impl Tier {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tier::Raw => "raw",
+            Tier::Minute => "1m",
+            Tier::Hour => "1h",
+        }
+    }
+}
+
 /// One point of history. A raw point has min = max = avg = last.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct HistoryPoint {

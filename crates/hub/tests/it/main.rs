@@ -15,5 +15,6 @@ mod plugins;
 mod ratelimits;
 mod roles;
 mod tasks;
+mod ui;
 mod users;
 mod webhooks;

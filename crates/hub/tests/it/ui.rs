@@ -1,0 +1,327 @@
+//! The web UI over HTTP: sessions, CSRF, CSP, escaping, pages. The browser suite
+//! (tests/browser, run by .ci/run) drives the same pages in Chromium.
+
+use std::collections::HashMap;
+
+use reqwest::header::{CONTENT_TYPE, COOKIE, LOCATION, SET_COOKIE};
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+
+use crate::common::agent;
+use crate::common::*;
+
+/// A browser-like client: keeps cookies, does not follow redirects.
+struct Browser {
+    client: reqwest::Client,
+    base: String,
+    cookies: HashMap<String, String>,
+}
+
+struct Page {
+    status: StatusCode,
+    location: Option<String>,
+    csp: Option<String>,
+    body: String,
+}
+
+impl Browser {
+    fn new(hub: &TestHub) -> Browser {
+        Browser {
+            client: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap(),
+            base: hub.base.clone(),
+            cookies: HashMap::new(),
+        }
+    }
+
+    fn cookie_header(&self) -> String {
+        self.cookies
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    async fn send(&mut self, req: reqwest::RequestBuilder) -> Page {
+        let res = req
+            .header(COOKIE, self.cookie_header())
+            .send()
+            .await
+            .unwrap();
+        for c in res.headers().get_all(SET_COOKIE) {
+            let c = c.to_str().unwrap();
+            let (pair, _) = c.split_once(';').unwrap_or((c, ""));
+            let (k, v) = pair.split_once('=').unwrap();
+            if v.is_empty() {
+                self.cookies.remove(k);
+            } else {
+                self.cookies.insert(k.to_string(), v.to_string());
+            }
+        }
+        let header = |name: &str| {
+            res.headers()
+                .get(name)
+                .map(|v| v.to_str().unwrap().to_string())
+        };
+        Page {
+            status: res.status(),
+            location: header(LOCATION.as_str()),
+            csp: header("content-security-policy"),
+            body: res.text().await.unwrap(),
+        }
+    }
+
+    async fn get(&mut self, path: &str) -> Page {
+        let req = self.client.get(format!("{}{path}", self.base));
+        self.send(req).await
+    }
+
+    async fn post(&mut self, path: &str, form: &[(&str, &str)]) -> Page {
+        let body = url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(form)
+            .finish();
+        let req = self
+            .client
+            .request(Method::POST, format!("{}{path}", self.base))
+            .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(body);
+        self.send(req).await
+    }
+
+    fn csrf(&self) -> String {
+        self.cookies
+            .get("smon_csrf")
+            .cloned()
+            .expect("a CSRF cookie")
+    }
+
+    async fn log_in(&mut self, username: &str, password: &str) -> Page {
+        self.get("/login").await;
+        let csrf = self.csrf();
+        self.post(
+            "/login",
+            &[
+                ("username", username),
+                ("password", password),
+                ("csrf", &csrf),
+                ("next", "/"),
+            ],
+        )
+        .await
+    }
+}
+
+#[tokio::test]
+async fn pages_need_a_session_and_logging_in_leads_back_to_the_page_asked_for() {
+    let hub = TestHub::start().await;
+    let mut b = Browser::new(&hub);
+    let page = b.get("/servers/abc?range=24h").await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER);
+    assert_eq!(
+        page.location.as_deref(),
+        Some("/login?next=%2Fservers%2Fabc%3Frange%3D24h")
+    );
+
+    let login = b.get("/login?next=/servers/abc").await;
+    assert_eq!(login.status, StatusCode::OK);
+    let csp = login.csp.expect("a CSP header");
+    assert!(csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'"));
+    assert!(login.body.contains(r#"name="next" value="/servers/abc""#));
+    let csrf = b.csrf();
+    let done = b
+        .post(
+            "/login",
+            &[
+                ("username", "admin"),
+                ("password", ADMIN_PASSWORD),
+                ("csrf", &csrf),
+                ("next", "//evil.example/"),
+            ],
+        )
+        .await;
+    assert_eq!(done.status, StatusCode::SEE_OTHER);
+    assert_eq!(
+        done.location.as_deref(),
+        Some("/"),
+        "no redirect off the site"
+    );
+    assert!(b.cookies.contains_key("smon_session"));
+
+    let fleet = b.get("/").await;
+    assert_eq!(fleet.status, StatusCode::OK);
+    assert!(fleet.body.contains("<h1>Fleet</h1>"), "{}", fleet.body);
+    assert!(fleet.body.contains("admin (admin)"));
+
+    // Logging out ends the session: the cookie no longer opens pages.
+    let session = b.cookies["smon_session"].clone();
+    let out = b.post("/logout", &[("csrf", &csrf)]).await;
+    assert_eq!(out.status, StatusCode::SEE_OTHER);
+    b.cookies.insert("smon_session".into(), session);
+    assert_eq!(b.get("/").await.status, StatusCode::SEE_OTHER);
+}
+
+#[tokio::test]
+async fn form_posts_without_the_csrf_token_or_from_another_site_are_refused() {
+    let hub = TestHub::start().await;
+    let (server, _) = hub.create_server("web-1", &[]).await;
+    let mut b = Browser::new(&hub);
+    assert_eq!(
+        b.log_in("admin", ADMIN_PASSWORD).await.status,
+        StatusCode::SEE_OTHER
+    );
+
+    let no_token = b
+        .post(
+            &format!("/servers/{server}/tasks"),
+            &[("command", "uptime")],
+        )
+        .await;
+    assert_eq!(no_token.status, StatusCode::FORBIDDEN);
+    let wrong = b
+        .post(
+            &format!("/servers/{server}/tasks"),
+            &[("command", "uptime"), ("csrf", &"0".repeat(64))],
+        )
+        .await;
+    assert_eq!(wrong.status, StatusCode::FORBIDDEN);
+    let csrf = b.csrf();
+    let req = b
+        .client
+        .post(format!("{}/servers/{server}/tasks", b.base))
+        .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .header("origin", "https://evil.example")
+        .body(format!("command=uptime&csrf={csrf}"));
+    assert_eq!(b.send(req).await.status, StatusCode::FORBIDDEN);
+    let (_, tasks) = hub.get("/api/tasks", &hub.admin_token).await;
+    assert_eq!(tasks["total"], 0, "no task was created: {tasks}");
+
+    // With the token the same form works.
+    let ok = b
+        .post(
+            &format!("/servers/{server}/tasks"),
+            &[
+                ("command", "uptime"),
+                ("timeout_seconds", "30"),
+                ("csrf", &csrf),
+            ],
+        )
+        .await;
+    assert_eq!(ok.status, StatusCode::SEE_OTHER, "{}", ok.body);
+    let (_, tasks) = hub.get("/api/tasks", &hub.admin_token).await;
+    assert_eq!(tasks["total"], 1);
+    assert_eq!(tasks["tasks"][0]["timeout_seconds"], 30);
+    let detail = b.get(&format!("/servers/{server}")).await;
+    assert!(detail.body.contains("<code>uptime</code>"));
+}
+
+#[tokio::test]
+async fn names_and_commands_are_escaped_on_every_page() {
+    let hub = TestHub::start().await;
+    let evil = "<script>alert(1)</script>";
+    let (server, token) = hub.create_server(evil, &[]).await;
+    let sample = agent::sample(chrono::Utc::now(), 12.0);
+    hub.post_report(
+        &token,
+        &agent::report(vec![sample], Some(agent::inventory(evil))),
+    )
+    .await;
+    hub.send_json(
+        Method::POST,
+        &format!("/api/servers/{server}/tasks"),
+        &hub.admin_token,
+        json!({ "command": format!("echo '{evil}'") }),
+    )
+    .await;
+    let mut b = Browser::new(&hub);
+    b.log_in("admin", ADMIN_PASSWORD).await;
+    for path in ["/".to_string(), format!("/servers/{server}")] {
+        let page = b.get(&path).await;
+        assert_eq!(page.status, StatusCode::OK, "{path}");
+        assert!(
+            page.body.contains("&lt;script&gt;alert(1)&lt;/script&gt;"),
+            "{path}: {}",
+            page.body
+        );
+        assert!(!page.body.contains(evil), "{path} holds the raw name");
+    }
+}
+
+#[tokio::test]
+async fn a_wrong_password_and_too_many_attempts_are_explained_on_the_login_page() {
+    let hub = TestHub::start_with(|c| c.auth.login_user_attempts = 2).await;
+    let mut b = Browser::new(&hub);
+    let wrong = b.log_in("admin", "nope").await;
+    assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
+    assert!(
+        wrong.body.contains("Wrong username or password"),
+        "{}",
+        wrong.body
+    );
+    assert!(
+        wrong.body.contains(r#"value="admin""#),
+        "the username stays filled in"
+    );
+    b.log_in("admin", "nope").await;
+    let limited = b.log_in("admin", ADMIN_PASSWORD).await;
+    assert_eq!(limited.status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(
+        limited.body.contains("Too many login attempts"),
+        "{}",
+        limited.body
+    );
+}
+
+#[tokio::test]
+async fn the_server_page_draws_each_range_from_its_tier() {
+    let hub = TestHub::start().await;
+    let (server, token) = hub.create_server("db-1", &["prod"]).await;
+    let now = chrono::Utc::now();
+    let samples = (0..20)
+        .map(|i| agent::sample(now - chrono::Duration::seconds(20 - i), 10.0 + i as f64))
+        .collect();
+    let (status, _) = hub
+        .post_report(
+            &token,
+            &agent::report(samples, Some(agent::inventory("db-1"))),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let mut b = Browser::new(&hub);
+    b.log_in("admin", ADMIN_PASSWORD).await;
+    let hour = b.get(&format!("/servers/{server}?range=1h")).await;
+    assert_eq!(hour.status, StatusCode::OK);
+    assert!(hour.body.contains("Tier: raw, 20 points"), "{}", hour.body);
+    for chart in [
+        "chart-cpu",
+        "chart-memory",
+        "chart-disk",
+        "chart-net",
+        "chart-load",
+    ] {
+        assert!(hour.body.contains(&format!(r#"id="{chart}""#)), "{chart}");
+    }
+    assert!(hour.body.contains("<polyline"), "a line is drawn");
+    assert!(
+        hour.body.contains("CPU: now 29 %, peak 29 %"),
+        "{}",
+        hour.body
+    );
+    assert!(
+        hour.body.contains("Debian GNU/Linux"),
+        "the inventory is shown"
+    );
+    let month = b.get(&format!("/servers/{server}?range=30d")).await;
+    assert!(month.body.contains("Tier: 1h, 1 points"), "{}", month.body);
+    let fleet = b.get("/?tag=prod&sort=-cpu").await;
+    assert!(fleet.body.contains(">db-1</a>"));
+    let partial = b.get("/?tag=prod&partial=1").await;
+    assert!(
+        partial.body.starts_with("<section id=\"fleet\""),
+        "{}",
+        partial.body
+    );
+    let none = b.get("/?q=nothing-like-this").await;
+    assert!(none.body.contains("No server matches."));
+}
