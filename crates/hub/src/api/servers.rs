@@ -62,7 +62,7 @@ pub struct HistoryQuery {
 }
 
 /// The hub's URL as agents should reach it: `public_url`, else the Host this request came to.
-fn hub_url(state: &AppState, headers: &HeaderMap) -> String {
+pub fn hub_url(state: &AppState, headers: &HeaderMap) -> String {
     if !state.config.public_url.is_empty() {
         return state.config.public_url.trim_end_matches('/').to_string();
     }

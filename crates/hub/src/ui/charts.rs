@@ -10,6 +10,7 @@ const WIDTH: f64 = 600.0;
 const HEIGHT: f64 = 160.0;
 const PAD_LEFT: f64 = 48.0;
 const PAD_BOTTOM: f64 = 20.0;
+const PAD_TOP: f64 = 10.0;
 
 /// One line of a chart.
 pub struct Series<'a> {
@@ -42,7 +43,7 @@ pub fn line_chart(
     let x = |ts: DateTime<Utc>| {
         PAD_LEFT + (ts - from).num_milliseconds() as f64 / span * (WIDTH - PAD_LEFT)
     };
-    let y = |v: f64| (HEIGHT - PAD_BOTTOM) * (1.0 - (v / top).clamp(0.0, 1.0));
+    let y = |v: f64| PAD_TOP + (HEIGHT - PAD_BOTTOM - PAD_TOP) * (1.0 - (v / top).clamp(0.0, 1.0));
     let summary: Vec<String> = series
         .iter()
         .map(|s| match s.points.last() {
@@ -64,7 +65,7 @@ pub fn line_chart(
         figure.chart #(id) {
             figcaption id=(title_id) { (title) }
             svg viewBox={ "0 0 " (WIDTH) " " (HEIGHT) } role="img"
-                aria-labelledby=(title_id) aria-describedby=(desc_id) preserveAspectRatio="none" {
+                aria-labelledby=(title_id) aria-describedby=(desc_id) {
                 @for frac in [0.0, 0.5, 1.0] {
                     line.grid x1=(PAD_LEFT) x2=(WIDTH) y1=(y(top * frac)) y2=(y(top * frac)) {}
                     text.axis x="2" y=(y(top * frac) + 4.0) { (format(top * frac)) }
@@ -72,8 +73,10 @@ pub fn line_chart(
                 text.axis x=(PAD_LEFT) y=(HEIGHT - 4.0) { (from.format("%m-%d %H:%M")) }
                 text.axis.end x=(WIDTH) y=(HEIGHT - 4.0) { (to.format("%m-%d %H:%M")) }
                 @for s in series {
-                    @if !s.points.is_empty() {
+                    @if let Some(last) = s.points.last() {
                         polyline class={ "line " (s.class) } points=(polyline(s.points, &x, &y)) {}
+                        // The latest value, visible even when the range holds one point.
+                        circle class={ "dot " (s.class) } cx=(format!("{:.1}", x(last.ts))) cy=(format!("{:.1}", y(last.avg))) r="3" {}
                     }
                 }
             }

@@ -5,12 +5,26 @@ use maud::{DOCTYPE, Markup, html};
 
 use super::Csrf;
 use crate::auth::Caller;
+use crate::auth::roles::Permission;
 
-/// What the navigation shows: who is logged in.
+/// What the navigation shows: who is logged in, and the pages their role may open.
 pub struct Nav {
     pub username: String,
     pub role: &'static str,
+    pub links: Vec<(&'static str, &'static str)>,
 }
+
+/// Every page of the navigation with the permission it needs.
+const LINKS: &[(&str, &str, Permission)] = &[
+    ("/", "Fleet", Permission::ReadFleet),
+    ("/alerts", "Alerts", Permission::ReadFleet),
+    ("/tasks", "Tasks", Permission::ReadFleet),
+    ("/events", "Events", Permission::ReadDashboard),
+    ("/settings/webhooks", "Webhooks", Permission::ManageWebhooks),
+    ("/settings/agents", "Agents", Permission::ManageServers),
+    ("/settings/users", "Users", Permission::ManageUsers),
+    ("/settings/plugins", "Plugins", Permission::ManagePlugins),
+];
 
 impl Nav {
     /// The navigation for `caller`.
@@ -18,6 +32,11 @@ impl Nav {
         Nav {
             username: caller.username.clone(),
             role: caller.role.as_str(),
+            links: LINKS
+                .iter()
+                .filter(|(_, _, p)| caller.role.allows(*p))
+                .map(|(href, label, _)| (*href, *label))
+                .collect(),
         }
     }
 }
@@ -28,6 +47,8 @@ fn head(title: &str) -> Markup {
             meta charset="utf-8";
             meta name="viewport" content="width=device-width, initial-scale=1";
             meta name="color-scheme" content="light dark";
+            // No icon to fetch (and no 404 for one).
+            link rel="icon" href="data:,";
             title { (title) " · Server Monitor" }
             link rel="stylesheet" href="/ui/app.css";
             script src="/ui/app.js" defer {}
@@ -59,10 +80,10 @@ pub fn page(title: &str, nav: &Nav, csrf: &Csrf, body: Markup) -> Markup {
                 header.topbar {
                     a.brand href="/" { "Server Monitor" }
                     nav aria-label="Main" {
-                        a href="/" { "Fleet" }
+                        @for (href, label) in &nav.links { a href=(href) { (label) } }
                     }
                     div.who {
-                        button.theme type="button" data-theme-toggle aria-label="Switch colour theme" { "Theme" }
+                        button.theme type="button" data-theme-toggle { "Theme" }
                         span { (nav.username) " (" (nav.role) ")" }
                         form method="post" action="/logout" {
                             (csrf.field())

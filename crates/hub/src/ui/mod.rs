@@ -7,11 +7,16 @@
 //! origin; every answer has a Content-Security-Policy that allows only our own script and
 //! stylesheet.
 
+mod alerts;
 mod charts;
+mod events;
 mod fleet;
 mod layout;
 mod login;
 mod server;
+mod settings;
+mod tasks;
+mod webhooks;
 
 use axum::Router;
 use axum::extract::{FromRequestParts, Request, State};
@@ -46,6 +51,51 @@ pub fn router() -> Router<AppState> {
         .route("/logout", post(login::logout))
         .route("/servers/{id}", get(server::show))
         .route("/servers/{id}/tasks", post(server::run_task))
+        .route("/tasks", get(tasks::list))
+        .route("/tasks/{id}", get(tasks::show))
+        .route("/tasks/{id}/cancel", post(tasks::cancel))
+        .route("/alerts", get(alerts::list))
+        .route("/alerts/{id}/acknowledge", post(alerts::acknowledge))
+        .route(
+            "/alerts/rules",
+            get(alerts::rules).post(alerts::create_rule),
+        )
+        .route("/alerts/rules/{id}", post(alerts::update_rule))
+        .route("/alerts/rules/{id}/delete", post(alerts::delete_rule))
+        .route("/events", get(events::list))
+        .route(
+            "/settings/users",
+            get(settings::users).post(settings::create_user),
+        )
+        .route("/settings/users/{id}/role", post(settings::set_role))
+        .route("/settings/users/{id}/delete", post(settings::delete_user))
+        .route(
+            "/settings/agents",
+            get(settings::agents).post(settings::add_server),
+        )
+        .route("/settings/plugins", get(settings::plugins))
+        .route(
+            "/settings/webhooks",
+            get(webhooks::list).post(webhooks::create),
+        )
+        .route(
+            "/settings/webhooks/{id}",
+            get(webhooks::show).post(webhooks::update),
+        )
+        .route(
+            "/settings/webhooks/{id}/enabled",
+            post(webhooks::set_enabled),
+        )
+        .route("/settings/webhooks/{id}/test", post(webhooks::test))
+        .route("/settings/webhooks/{id}/delete", post(webhooks::delete))
+        .route(
+            "/settings/webhooks/{id}/deliveries",
+            get(webhooks::deliveries),
+        )
+        .route(
+            "/settings/webhooks/{id}/deliveries/{delivery}/redeliver",
+            post(webhooks::redeliver),
+        )
         .route("/ui/app.css", get(css))
         .route("/ui/app.js", get(js))
         .layer(axum::middleware::from_fn(security_headers))

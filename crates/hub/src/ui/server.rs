@@ -219,7 +219,7 @@ async fn render(
                     tbody {
                         @for t in &tasks.tasks {
                             tr {
-                                td { code { (t.command) } }
+                                td { a href={ "/tasks/" (t.id) } { code { (t.command) } } }
                                 td { (status(t.status.as_str())) }
                                 td { @if let Some(c) = t.exit_code { (c) } @else { "–" } }
                                 td { (ago(Some(t.created_at))) }

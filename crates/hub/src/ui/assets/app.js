@@ -28,6 +28,35 @@
       });
     }
 
+    // Dialogs: buttons with data-open="id" open one; data-close closes it; a dialog the
+    // server sent back with a validation error (data-open-on-load) opens at once.
+    document.addEventListener("click", (e) => {
+      const opener = e.target.closest("[data-open]");
+      if (opener) document.getElementById(opener.dataset.open)?.showModal();
+      const closer = e.target.closest("[data-close]");
+      if (closer) closer.closest("dialog")?.close();
+    });
+    document.querySelectorAll("dialog[data-open-on-load]").forEach((d) => d.showModal());
+
+    // Copy buttons: data-copy="id" copies that element's text.
+    document.addEventListener("click", async (e) => {
+      const button = e.target.closest("[data-copy]");
+      if (!button) return;
+      const text = document.getElementById(button.dataset.copy)?.textContent ?? "";
+      try {
+        await navigator.clipboard.writeText(text.trim());
+        button.textContent = "Copied";
+      } catch (_) {
+        button.textContent = "Select the text and copy it";
+      }
+    });
+
+    // Forms with data-confirm ask first (deletions).
+    document.addEventListener("submit", (e) => {
+      const form = e.target;
+      if (form.dataset.confirm && !confirm(form.dataset.confirm)) e.preventDefault();
+    });
+
     // A section with data-refresh is fetched again every 10 s (server-rendered, escaped
     // HTML) while the tab is visible; a failed fetch leaves the page as it is.
     const section = document.querySelector("[data-refresh]");
