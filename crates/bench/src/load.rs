@@ -189,6 +189,8 @@ pub async fn readers(
                 match client
                     .get(format!("{hub}{}", paths[which]))
                     .bearer_auth(&token)
+                    // The web UI's pages read the session cookie (the API the bearer token).
+                    .header("cookie", format!("smon_session={token}"))
                     .send()
                     .await
                 {

@@ -182,6 +182,8 @@ async fn main() -> anyhow::Result<()> {
                 "/api/servers?limit=50",
                 "/api/stats/overview",
                 "/api/activity/recent?limit=20",
+                // The web UI's fleet page: 50 rows, sorted by CPU, a page from the middle.
+                "/?sort=-cpu&page=3",
             ];
             let started = Instant::now();
             let per_path = load::readers(

@@ -12,7 +12,7 @@ use super::layout::{self, Nav, ago, percent, status};
 use super::{Csrf, PageUser, error_page, page};
 use crate::app::AppState;
 use crate::auth::roles::Permission;
-use crate::fleet::{ServerPage, ServerQuery};
+use crate::fleet::{Overview, ServerPage, ServerQuery};
 
 /// Servers per page.
 const PER_PAGE: u32 = 50;
@@ -88,11 +88,11 @@ pub async fn show(
         Ok(s) => s,
         Err(e) => return error_page(e, &nav, &csrf),
     };
-    let section = fleet_section(&state, &p, page_no, &servers);
+    let overview = state.fleet.overview();
+    let section = fleet_section(&overview, &p, page_no, &servers);
     if p.partial == Some(1) {
         return (StatusCode::OK, section).into_response();
     }
-    let overview = state.fleet.overview();
     let tags: Vec<&String> = overview.tags.keys().collect();
     let body = html! {
         h1 { "Fleet" }
@@ -124,8 +124,12 @@ pub async fn show(
     )
 }
 
-fn fleet_section(state: &AppState, p: &FleetParams, page_no: u64, servers: &ServerPage) -> Markup {
-    let overview = state.fleet.overview();
+fn fleet_section(
+    overview: &Overview,
+    p: &FleetParams,
+    page_no: u64,
+    servers: &ServerPage,
+) -> Markup {
     let pages = (servers.total as u64).div_ceil(u64::from(PER_PAGE)).max(1);
     let sort_link = |key: &str, label: &str| {
         let (next, mark) = match p.sort.as_str() {

@@ -325,3 +325,164 @@ async fn the_server_page_draws_each_range_from_its_tier() {
     let none = b.get("/?q=nothing-like-this").await;
     assert!(none.body.contains("No server matches."));
 }
+
+#[tokio::test]
+async fn each_role_sees_only_the_pages_it_may_open() {
+    let hub = TestHub::start().await;
+    hub.create_user("vera", "viewer").await;
+    hub.create_user("aude", "auditor").await;
+    let mut viewer = Browser::new(&hub);
+    viewer.log_in("vera", USER_PASSWORD).await;
+    let fleet = viewer.get("/").await;
+    assert!(fleet.body.contains(r#"href="/alerts""#));
+    assert!(!fleet.body.contains(r#"href="/settings/webhooks""#));
+    assert!(!fleet.body.contains(r#"href="/settings/users""#));
+    for path in [
+        "/settings/webhooks",
+        "/settings/users",
+        "/settings/agents",
+        "/settings/plugins",
+    ] {
+        let page = viewer.get(path).await;
+        assert_eq!(page.status, StatusCode::FORBIDDEN, "{path}");
+        assert!(page.body.contains("Your role (viewer) may not"), "{path}");
+    }
+    let events = viewer.get("/events").await;
+    assert!(events.body.contains("<h1>Recent activity</h1>"));
+    assert!(
+        !events.body.contains(">From<"),
+        "no client addresses for viewers"
+    );
+    let mut auditor = Browser::new(&hub);
+    auditor.log_in("aude", USER_PASSWORD).await;
+    let audit = auditor.get("/events?event_type=user.login").await;
+    assert!(audit.body.contains("<h1>Audit log</h1>"));
+    assert!(audit.body.contains(">From<"));
+    assert!(audit.body.contains("<code>user.login</code>"));
+    assert!(
+        !audit.body.contains("<code>user.created</code>"),
+        "the filter applies"
+    );
+}
+
+#[tokio::test]
+async fn the_agent_page_adds_a_server_whose_one_time_command_works() {
+    let hub = TestHub::start().await;
+    let mut b = Browser::new(&hub);
+    b.log_in("admin", ADMIN_PASSWORD).await;
+    b.get("/settings/agents").await;
+    let csrf = b.csrf();
+    let page = b
+        .post(
+            "/settings/agents",
+            &[("name", "edge-1"), ("tags", "Edge, lab"), ("csrf", &csrf)],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::CREATED, "{}", page.body);
+    let start = page.body.find("SMON_AGENT_TOKEN=").expect("the command") + 17;
+    let token: String = page.body[start..]
+        .chars()
+        .take_while(|c| !c.is_whitespace())
+        .collect();
+    assert!(
+        page.body
+            .contains(&format!("smon-agent --hub {}", hub.base))
+    );
+    let sample = agent::sample(chrono::Utc::now(), 5.0);
+    let (status, _) = hub
+        .post_report(&token, &agent::report(vec![sample], None))
+        .await;
+    assert_eq!(status, StatusCode::OK, "the shown token is the server's");
+    let (_, servers) = hub.get("/api/servers?tag=edge", &hub.admin_token).await;
+    assert_eq!(servers["servers"][0]["name"], "edge-1");
+    assert_eq!(servers["servers"][0]["status"], "online");
+    assert!(
+        !b.get("/settings/agents").await.body.contains(&token),
+        "shown once"
+    );
+}
+
+#[tokio::test]
+async fn dialogs_show_the_api_messages_and_keep_what_was_typed() {
+    let hub = TestHub::start().await;
+    let mut b = Browser::new(&hub);
+    b.log_in("admin", ADMIN_PASSWORD).await;
+    b.get("/alerts/rules").await;
+    let csrf = b.csrf();
+    let rule = b
+        .post(
+            "/alerts/rules",
+            &[
+                ("csrf", &csrf),
+                ("name", "disk-full"),
+                ("metric", "disk"),
+                ("comparison", ">"),
+                ("threshold", "ninety"),
+                ("severity", "critical"),
+            ],
+        )
+        .await;
+    assert_eq!(rule.status, StatusCode::BAD_REQUEST);
+    assert!(
+        rule.body.contains("threshold: must be a number"),
+        "{}",
+        rule.body
+    );
+    assert!(
+        rule.body
+            .contains(r#"id="rule-new" aria-labelledby="rule-new-title" data-open-on-load"#)
+    );
+    assert!(
+        rule.body.contains(r#"value="disk-full""#),
+        "the name is kept"
+    );
+
+    let hook = b
+        .post(
+            "/settings/webhooks",
+            &[
+                ("csrf", &csrf),
+                ("name", "internal"),
+                ("url", "http://10.0.0.5/hook"),
+                ("event_types", "server.offline"),
+                ("event_types", "alert.triggered"),
+            ],
+        )
+        .await;
+    assert_eq!(hook.status, StatusCode::BAD_REQUEST);
+    assert!(hook.body.contains("url: "), "{}", hook.body);
+    assert!(hook.body.contains("private"), "the guard's reason is shown");
+    assert!(
+        hook.body.contains(r#"value="server.offline" checked"#),
+        "ticked types stay ticked"
+    );
+    let (_, list) = hub.get("/api/webhooks", &hub.admin_token).await;
+    assert_eq!(list["count"], 0);
+
+    // A valid rule through the same form.
+    let ok = b
+        .post(
+            "/alerts/rules",
+            &[
+                ("csrf", &csrf),
+                ("name", "disk-full"),
+                ("metric", "disk"),
+                ("comparison", ">"),
+                ("threshold", "90"),
+                ("for", "5m"),
+                ("severity", "critical"),
+                ("enabled", "on"),
+            ],
+        )
+        .await;
+    assert_eq!(ok.status, StatusCode::SEE_OTHER, "{}", ok.body);
+    let (_, rules) = hub.get("/api/alerts/rules", &hub.admin_token).await;
+    let created = rules["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "disk-full")
+        .expect("the rule");
+    assert_eq!(created["for_secs"], 300);
+    assert_eq!(created["severity"], "critical");
+}
