@@ -44,7 +44,15 @@ try {
   });
   page.on("pageerror", (e) => problems.push(`page error: ${e.message}`));
   page.on("dialog", (d) => d.accept());
-  const shot = (name) => page.screenshot({ path: `${shots}/${name}.png`, fullPage: true });
+  // Every screenshot also checks the page: each visible field has a label (or an aria-label).
+  const shot = async (name) => {
+    const unlabelled = await page.$$eval(
+      "input:not([type=hidden]), select, textarea",
+      (els) => els.filter((e) => !e.labels?.length && !e.getAttribute("aria-label")).map((e) => e.outerHTML),
+    );
+    for (const u of unlabelled) problems.push(`${name}: a field without a label: ${u}`);
+    await page.screenshot({ path: `${shots}/${name}.png`, fullPage: true });
+  };
 
   step("log in, after a wrong password");
   await page.goto(`${base}/`);
@@ -127,6 +135,18 @@ try {
   await shot("alerts");
   await page.goto(`${base}/alerts/rules`);
   await shot("alert-rules");
+
+  step("tasks, users, agents and plugins pages");
+  for (const [path, name, heading] of [
+    ["/tasks", "tasks", "Tasks"],
+    ["/settings/users", "users", "Users"],
+    ["/settings/agents", "agents", "Install an agent"],
+    ["/settings/plugins", "plugins", "Plugins"],
+  ]) {
+    await page.goto(`${base}${path}`);
+    await page.locator("h1", { hasText: heading }).waitFor();
+    await shot(name);
+  }
 
   step("the event log, the dark theme and a phone");
   await page.goto(`${base}/events`);

@@ -64,6 +64,7 @@
       setInterval(async () => {
         if (document.hidden) return;
         const current = document.querySelector("[data-refresh]");
+        if (!current) return; // the section stopped asking (a task that finished)
         const url = new URL(current.dataset.refresh, location.href);
         url.searchParams.set("partial", "1");
         try {
