@@ -64,6 +64,10 @@ enum Scenario {
         readers: usize,
         #[arg(long, default_value_t = 60)]
         duration: u64,
+        /// Leave the web UI's fleet page out (the JSON endpoints only, to compare with runs
+        /// from before the UI).
+        #[arg(long)]
+        api_only: bool,
     },
     /// E events to W webhooks on a local receiver: delivery rate, lag, losses.
     Webhooks {
@@ -167,6 +171,7 @@ async fn main() -> anyhow::Result<()> {
             interval,
             readers,
             duration,
+            api_only,
         } => {
             let (local, api) = hub_for(&cli.hub, &cli.password, &cli.hub_env).await?;
             let tokens = Arc::new(api.create_servers(agents).await?);
@@ -178,19 +183,20 @@ async fn main() -> anyhow::Result<()> {
                 Duration::from_secs(interval),
                 Duration::from_secs(duration),
             ));
-            const PATHS: &[&str] = &[
+            const ALL_PATHS: &[&str] = &[
                 "/api/servers?limit=50",
                 "/api/stats/overview",
                 "/api/activity/recent?limit=20",
                 // The web UI's fleet page: 50 rows, sorted by CPU, a page from the middle.
                 "/?sort=-cpu&page=3",
             ];
+            let paths: &'static [&'static str] = if api_only { &ALL_PATHS[..3] } else { ALL_PATHS };
             let started = Instant::now();
             let per_path = load::readers(
                 api.client.clone(),
                 api.url.clone(),
                 api.token.clone(),
-                PATHS,
+                paths,
                 readers,
                 Duration::from_secs(duration),
             )
@@ -199,7 +205,7 @@ async fn main() -> anyhow::Result<()> {
             let ingest = ingest.await.context("ingest task")?;
             let mut endpoints = serde_json::Map::new();
             let mut total = 0;
-            for (path, lat) in PATHS.iter().zip(per_path) {
+            for (path, lat) in paths.iter().zip(per_path) {
                 total += lat.micros.len() as u64;
                 endpoints.insert(path.to_string(), lat.summary());
             }
@@ -208,6 +214,7 @@ async fn main() -> anyhow::Result<()> {
                 "agents": agents,
                 "interval_secs": interval,
                 "readers": readers,
+                "api_only": api_only,
                 "duration_secs": round1(secs),
                 "throughput_rps": rate(total, secs),
                 "endpoints": endpoints,

@@ -193,9 +193,10 @@ fn print_banner(hub: &Hub) -> std::io::Result<()> {
             )?;
         }
     }
+    writeln!(out, "Web UI: {url}/ (log in as admin)")?;
     writeln!(
         out,
-        "Log in: curl -s {url}/api/auth/login -H 'Content-Type: application/json' \\
+        "API login: curl -s {url}/api/auth/login -H 'Content-Type: application/json' \\
          -d '{{\"username\":\"admin\",\"password\":\"...\"}}'"
     )?;
     out.flush()

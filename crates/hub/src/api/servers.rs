@@ -235,13 +235,17 @@ pub async fn overview(
     State(state): State<AppState>,
     _caller: Authorized<need::ReadFleet>,
 ) -> Result<Response> {
+    Ok(json_bytes(overview_json(&state).await?))
+}
+
+/// The fleet overview as JSON, from the cache (the web UI's pages read it too).
+pub async fn overview_json(state: &AppState) -> Result<axum::body::Bytes> {
     let key = state.fleet.generation().to_string();
-    let body = state
+    state
         .caches
         .overview
         .get_or_compute(key, || async {
             crate::cache::json(&state.fleet.overview())
         })
-        .await?;
-    Ok(json_bytes(body))
+        .await
 }

@@ -188,7 +188,7 @@ pub struct HistoryView {
 }
 
 /// Fleet-wide numbers.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct Overview {
     pub total_servers: usize,
     pub online_servers: usize,

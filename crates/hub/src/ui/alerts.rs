@@ -46,7 +46,7 @@ fn alerts_table(id: &str, alerts: &[AlertView], csrf: &Csrf, can_ack: bool) -> M
                             @else if can_ack {
                                 form method="post" action={ "/alerts/" (a.id) "/acknowledge" } {
                                     (csrf.field())
-                                    button type="submit" { "Acknowledge" }
+                                    button type="submit" aria-label={ "Acknowledge " (a.rule_name) " on " (a.server_name.as_deref().unwrap_or(&a.server_id)) } { "Acknowledge" }
                                 }
                             } @else { "–" }
                         }
@@ -131,6 +131,8 @@ struct RuleValues {
     for_: String,
     severity: String,
     tag: String,
+    /// A rule scoped to one server keeps that scope through an edit.
+    server_id: String,
     enabled: bool,
 }
 
@@ -149,6 +151,7 @@ impl RuleValues {
             for_: r.for_duration.clone(),
             severity: r.severity.as_str().into(),
             tag: r.tag.clone().unwrap_or_default(),
+            server_id: r.server_id.clone().unwrap_or_default(),
             enabled: r.enabled,
         }
     }
@@ -164,6 +167,7 @@ impl RuleValues {
             for_: f.get("for").into(),
             severity: f.get("severity").into(),
             tag: f.get("tag").into(),
+            server_id: f.get("server_id").into(),
             enabled: f.checked("enabled"),
         }
     }
@@ -182,6 +186,12 @@ impl RuleValues {
             Error::invalid("severity", "must be info, warning, error or critical")
         })?;
         let tag = self.tag.trim();
+        let server = self.server_id.trim();
+        let scope = match (tag.is_empty(), server.is_empty()) {
+            (false, _) => "tag",
+            (true, false) => "server",
+            (true, true) => "all",
+        };
         Ok(RuleInput {
             name: Some(self.name.clone()),
             metric: Some(self.metric.clone()),
@@ -195,9 +205,9 @@ impl RuleValues {
                 self.for_.trim().to_string()
             })),
             severity: Some(severity),
-            scope: Some(if tag.is_empty() { "all" } else { "tag" }.into()),
+            scope: Some(scope.into()),
             tag: Some(tag.to_string()).filter(|t| !t.is_empty()),
-            server_id: None,
+            server_id: Some(server.to_string()).filter(|s| !s.is_empty() && scope == "server"),
             enabled: Some(self.enabled),
             channels: None,
         })
@@ -234,8 +244,15 @@ fn rule_form(csrf: &Csrf, id: &str, action: &str, v: &RuleValues, error: Option<
                 select id=(field("severity")) name="severity" {
                     @for s in ["info", "warning", "error", "critical"] { option value=(s) selected[v.severity == s || (v.severity.is_empty() && s == "warning")] { (s) } }
                 }
-                label for=(field("tag")) { "Only servers tagged (empty: all)" }
-                input id=(field("tag")) name="tag" value=(v.tag);
+                @if v.server_id.is_empty() {
+                    label for=(field("tag")) { "Only servers tagged (empty: all)" }
+                    input id=(field("tag")) name="tag" value=(v.tag);
+                } @else {
+                    p { "Scope: one server (" a href={ "/servers/" (v.server_id) } { "its page" } "); give a tag to widen it." }
+                    input type="hidden" name="server_id" value=(v.server_id);
+                    label for=(field("tag")) { "Tag (replaces the server scope)" }
+                    input id=(field("tag")) name="tag" value=(v.tag);
+                }
                 label.check { input type="checkbox" name="enabled" checked[v.enabled || v.name.is_empty()]; " Enabled" }
                 div.actions {
                     button type="submit" { "Save" }
@@ -283,7 +300,7 @@ async fn rules_page(
         div.scroll { table #rules {
             thead { tr {
                 th scope="col" { "Name" } th scope="col" { "Condition" } th scope="col" { "For" }
-                th scope="col" { "Severity" } th scope="col" { "Scope" } th scope="col" { "Enabled" } th scope="col" { "" }
+                th scope="col" { "Severity" } th scope="col" { "Scope" } th scope="col" { "Enabled" } th scope="col" { "Actions" }
             } }
             tbody {
                 @for r in &rules {
@@ -292,17 +309,17 @@ async fn rules_page(
                         td { code { (r.metric) @if let Some(m) = &r.mount { " " (m) } " " (r.comparison) " " (r.threshold) } }
                         td { (r.for_duration) }
                         td { span class={ "sev " (r.severity.as_str()) } { (r.severity.as_str()) } }
-                        td { (r.scope) @if let Some(t) = &r.tag { " " span.tag { (t) } } }
+                        td { (r.scope) @if let Some(t) = &r.tag { " " span.tag { (t) } } @if let Some(id) = &r.server_id { " " a href={ "/servers/" (id) } { "(server)" } } }
                         td { (if r.enabled { "yes" } else { "no" }) }
                         td {
                             @if can_edit {
                                 @let dialog = format!("rule-{}", r.id);
                                 @let failed = error_for(&dialog);
                                 div.actions {
-                                    button type="button" data-open=(dialog) { "Edit" }
+                                    button type="button" data-open=(dialog) aria-label={ "Edit rule " (r.name) } { "Edit" }
                                     form method="post" action={ "/alerts/rules/" (r.id) "/delete" } data-confirm={ "Delete rule " (r.name) "?" } {
                                         (csrf.field())
-                                        button.danger type="submit" { "Delete" }
+                                        button.danger type="submit" aria-label={ "Delete rule " (r.name) } { "Delete" }
                                     }
                                 }
                                 (rule_form(csrf, &dialog, &format!("/alerts/rules/{}", r.id),

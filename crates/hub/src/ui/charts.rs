@@ -7,10 +7,10 @@ use maud::{Markup, html};
 use crate::fleet::PointView;
 
 const WIDTH: f64 = 600.0;
-const HEIGHT: f64 = 160.0;
-const PAD_LEFT: f64 = 48.0;
-const PAD_BOTTOM: f64 = 20.0;
-const PAD_TOP: f64 = 10.0;
+const HEIGHT: f64 = 180.0;
+const PAD_LEFT: f64 = 90.0;
+const PAD_BOTTOM: f64 = 28.0;
+const PAD_TOP: f64 = 16.0;
 
 /// One line of a chart.
 pub struct Series<'a> {
@@ -68,7 +68,7 @@ pub fn line_chart(
                 aria-labelledby=(title_id) aria-describedby=(desc_id) {
                 @for frac in [0.0, 0.5, 1.0] {
                     line.grid x1=(PAD_LEFT) x2=(WIDTH) y1=(y(top * frac)) y2=(y(top * frac)) {}
-                    text.axis x="2" y=(y(top * frac) + 4.0) { (format(top * frac)) }
+                    text.axis x="2" y=(y(top * frac) + 7.0) { (format(top * frac)) }
                 }
                 text.axis x=(PAD_LEFT) y=(HEIGHT - 4.0) { (from.format("%m-%d %H:%M")) }
                 text.axis.end x=(WIDTH) y=(HEIGHT - 4.0) { (to.format("%m-%d %H:%M")) }

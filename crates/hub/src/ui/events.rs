@@ -38,7 +38,7 @@ pub async fn list(
     }
     let nav = Nav::of(&user.0);
     let audit = user.0.require(Permission::ReadAuditLog).is_ok();
-    let page_no = p.page.unwrap_or(1).max(1);
+    let page_no = p.page.unwrap_or(1).clamp(1, 1_000_000);
     let listed = if audit {
         let filter = EventFilter {
             event_type: Some(p.event_type.clone()).filter(|s| !s.is_empty()),
@@ -107,7 +107,7 @@ pub async fn list(
                         @if audit { td { (e.ip.as_deref().unwrap_or("–")) } }
                     }
                 }
-                @if events.is_empty() { tr { td colspan="7" { "No event." } } }
+                @if events.is_empty() { tr { td colspan=(if audit { "7" } else { "6" }) { "No event." } } }
             }
         } }
         @if audit {

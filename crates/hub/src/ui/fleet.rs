@@ -2,14 +2,16 @@
 //! pages, read from the hub's in-memory fleet state (fast at 10,000 servers). The script
 //! refreshes the `#fleet` section every 10 s from `?…&partial=1` without a full reload.
 
+use axum::body::Bytes;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use maud::{Markup, html};
+use maud::{Markup, PreEscaped, html};
 use serde::Deserialize;
 
 use super::layout::{self, Nav, ago, percent, status};
 use super::{Csrf, PageUser, error_page, page};
+use crate::api::servers::overview_json;
 use crate::app::AppState;
 use crate::auth::roles::Permission;
 use crate::fleet::{Overview, ServerPage, ServerQuery};
@@ -75,21 +77,46 @@ pub async fn show(
     if let Some(refused) = user.refuse_unless(Permission::ReadFleet) {
         return refused;
     }
-    let page_no = p.page.unwrap_or(1).max(1);
-    let query = ServerQuery {
-        tag: non_empty(&p.tag),
-        status: non_empty(&p.status),
-        search: non_empty(&p.q),
-        sort: non_empty(&p.sort),
-        limit: Some(PER_PAGE),
-        offset: Some((page_no - 1) * u64::from(PER_PAGE)),
-    };
-    let servers = match state.fleet.list(&query) {
-        Ok(s) => s,
+    let page_no = p.page.unwrap_or(1).clamp(1, 1_000_000);
+    // The same caches as the API's list and overview: with 10,000 servers, sorting and
+    // counting on every view would hold the fleet's lock against the agents' reports.
+    let rendered = async {
+        let overview: Overview = serde_json::from_slice(&overview_json(&state).await?)
+            .map_err(|e| crate::error::Error::Internal(e.into()))?;
+        let key = format!(
+            "{}|ui|{}|{}|{}|{}|{page_no}",
+            state.fleet.generation(),
+            p.q,
+            p.tag,
+            p.status,
+            p.sort
+        );
+        let section = state
+            .caches
+            .servers
+            .get_or_compute(key, || async {
+                let query = ServerQuery {
+                    tag: non_empty(&p.tag),
+                    status: non_empty(&p.status),
+                    search: non_empty(&p.q),
+                    sort: non_empty(&p.sort),
+                    limit: Some(PER_PAGE),
+                    offset: Some((page_no - 1) * u64::from(PER_PAGE)),
+                };
+                let servers = state.fleet.list(&query)?;
+                let html = fleet_section(&overview, &p, page_no, &servers).into_string();
+                Ok(Bytes::from(html))
+            })
+            .await?;
+        Ok::<_, crate::error::Error>((overview, section))
+    }
+    .await;
+    let (overview, section) = match rendered {
+        Ok(r) => r,
         Err(e) => return error_page(e, &nav, &csrf),
     };
-    let overview = state.fleet.overview();
-    let section = fleet_section(&overview, &p, page_no, &servers);
+    // Cached as text: it was escaped when it was rendered.
+    let section = PreEscaped(String::from_utf8_lossy(&section).into_owned());
     if p.partial == Some(1) {
         return (StatusCode::OK, section).into_response();
     }

@@ -17,13 +17,14 @@ pub struct Next {
     next: Option<String>,
 }
 
-/// Only paths of this site: `/servers/x`, never `//evil.example` or `https://…`.
+/// Only paths of this site: `/servers/x`, never `//evil.example`, `https://…`, or a path
+/// with whitespace or control characters (browsers drop a tab, turning `/\t/evil` into
+/// `//evil`).
 fn safe_next(next: &str) -> &str {
-    if next.starts_with('/') && !next.starts_with("//") && !next.contains('\\') {
-        next
-    } else {
-        "/"
-    }
+    let local = next.starts_with('/')
+        && !next.starts_with("//")
+        && next.chars().all(|c| c.is_ascii_graphic() && c != '\\');
+    if local { next } else { "/" }
 }
 
 fn login_page(csrf: &Csrf, next: &str, username: &str, error: Option<&str>) -> Markup {
@@ -121,4 +122,28 @@ pub async fn logout(
         session_cookie("", 0, state.auth.cookie_secure()),
     );
     res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::safe_next;
+
+    #[test]
+    fn only_local_paths_are_followed_after_login() {
+        assert_eq!(
+            safe_next("/servers/abc?range=24h"),
+            "/servers/abc?range=24h"
+        );
+        for hostile in [
+            "//evil.example/",
+            "/\t/evil.example",
+            "/\\evil.example",
+            "https://evil.example/",
+            "/a\nb",
+            "/ /x",
+            "",
+        ] {
+            assert_eq!(safe_next(hostile), "/", "{hostile:?}");
+        }
+    }
 }

@@ -208,13 +208,15 @@ pub fn page(csrf: &Csrf, status: StatusCode, body: Markup) -> Response {
 /// Check a form post: same origin, and the form's token equals the cookie's. `Some` is the
 /// refusal to answer.
 pub fn refuse_post(headers: &HeaderMap, form_token: &str) -> Option<Response> {
-    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
-    if let (Some(origin), Some(host)) = (
-        headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()),
-        host,
-    ) {
+    // The origin must be the host the browser talked to: the Host header, or the one a
+    // reverse proxy says it received (X-Forwarded-Host).
+    if let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
         let origin_host = origin.split_once("://").map(|(_, h)| h).unwrap_or(origin);
-        if origin_host != host {
+        let ours = [header::HOST.as_str(), "x-forwarded-host"]
+            .iter()
+            .filter_map(|name| headers.get(*name).and_then(|v| v.to_str().ok()))
+            .any(|host| host == origin_host);
+        if !ours {
             return Some(forbidden("This form was sent from another site."));
         }
     }
@@ -326,7 +328,10 @@ impl PageUser {
 pub fn error_page(e: Error, nav: &Nav, csrf: &Csrf) -> Response {
     let status = e.status();
     let message = match &e {
-        Error::Internal(_) => "Something went wrong on the hub; the log says what.".to_string(),
+        Error::Internal(inner) => {
+            tracing::error!(error = %format!("{inner:#}"), "UI page failed");
+            "Something went wrong on the hub; the log says what.".to_string()
+        }
         other => other.to_string(),
     };
     page(

@@ -215,7 +215,7 @@ async fn render(
                 p.muted { "No task yet." }
             } @else {
                 div.scroll { table {
-                    thead { tr { th scope="col" { "Command" } th scope="col" { "Status" } th scope="col" { "Exit" } th scope="col" { "Created" } th scope="col" { "Output" } } }
+                    thead { tr { th scope="col" { "Command" } th scope="col" { "Status" } th scope="col" { "Exit" } th scope="col" { "Created" } } }
                     tbody {
                         @for t in &tasks.tasks {
                             tr {
@@ -223,16 +223,6 @@ async fn render(
                                 td { (status(t.status.as_str())) }
                                 td { @if let Some(c) = t.exit_code { (c) } @else { "–" } }
                                 td { (ago(Some(t.created_at))) }
-                                td {
-                                    @if t.stdout.as_deref().is_some_and(|o| !o.is_empty()) || t.stderr.as_deref().is_some_and(|o| !o.is_empty()) || t.error.is_some() {
-                                        details {
-                                            summary { "Show" }
-                                            @if let Some(o) = t.stdout.as_deref().filter(|o| !o.is_empty()) { pre.output { (o) } }
-                                            @if let Some(o) = t.stderr.as_deref().filter(|o| !o.is_empty()) { pre.output.stderr { (o) } }
-                                            @if let Some(e) = &t.error { p.error { (e) } }
-                                        }
-                                    } @else { span.muted { "–" } }
-                                }
                             }
                         }
                     }

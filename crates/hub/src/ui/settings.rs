@@ -50,7 +50,7 @@ async fn users_page(
             button type="submit" { "Add user" }
         }
         div.scroll { table #users {
-            thead { tr { th scope="col" { "Username" } th scope="col" { "Role" } th scope="col" { "Enabled" } th scope="col" { "Last login" } th scope="col" { "" } } }
+            thead { tr { th scope="col" { "Username" } th scope="col" { "Role" } th scope="col" { "Enabled" } th scope="col" { "Last login" } th scope="col" { "Actions" } } }
             tbody {
                 @for u in &users {
                     tr {
@@ -60,7 +60,7 @@ async fn users_page(
                                 (csrf.field())
                                 label.visually-hidden for={ "role-" (u.id) } { "Role of " (u.username) }
                                 select id={ "role-" (u.id) } name="role" { @for r in ROLES { option value=(r) selected[u.role.as_str() == *r] { (r) } } }
-                                button type="submit" { "Change" }
+                                button type="submit" aria-label={ "Change the role of " (u.username) } { "Change" }
                             }
                         }
                         td { (if u.enabled { "yes" } else { "no" }) }
@@ -68,7 +68,7 @@ async fn users_page(
                         td {
                             form method="post" action={ "/settings/users/" (u.id) "/delete" } data-confirm={ "Delete user " (u.username) "?" } {
                                 (csrf.field())
-                                button.danger type="submit" { "Delete" }
+                                button.danger type="submit" aria-label={ "Delete user " (u.username) } { "Delete" }
                             }
                         }
                     }

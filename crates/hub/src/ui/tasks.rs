@@ -34,7 +34,7 @@ pub async fn list(
         return refused;
     }
     let nav = Nav::of(&user.0);
-    let page_no = p.page.unwrap_or(1).max(1);
+    let page_no = p.page.unwrap_or(1).clamp(1, 1_000_000);
     let q = TaskQuery {
         server_id: None,
         status: Some(p.status.clone()).filter(|s| !s.is_empty()),
@@ -46,7 +46,13 @@ pub async fn list(
         Err(e) => return error_page(e, &nav, &csrf),
     };
     let pages = tasks.total.div_ceil(u64::from(PER_PAGE)).max(1);
-    let link = |n: u64| format!("/tasks?status={}&page={n}", p.status);
+    let link = |n: u64| {
+        let q = url::form_urlencoded::Serializer::new(String::new())
+            .append_pair("status", &p.status)
+            .append_pair("page", &n.to_string())
+            .finish();
+        format!("/tasks?{q}")
+    };
     let body = html! {
         h1 { "Tasks" }
         form.filters method="get" action="/tasks" {

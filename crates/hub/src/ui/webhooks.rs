@@ -331,7 +331,7 @@ async fn deliveries_section(state: &AppState, csrf: &Csrf, w: &WebhookView) -> R
             div.scroll { table {
                 thead { tr {
                     th scope="col" { "Status" } th scope="col" { "Code" } th scope="col" { "Attempt" }
-                    th scope="col" { "Event" } th scope="col" { "Time" } th scope="col" { "Error" } th scope="col" { "" }
+                    th scope="col" { "Event" } th scope="col" { "Time" } th scope="col" { "Error" } th scope="col" { "Actions" }
                 } }
                 tbody {
                     @for d in &rows {
@@ -345,7 +345,7 @@ async fn deliveries_section(state: &AppState, csrf: &Csrf, w: &WebhookView) -> R
                             td {
                                 form method="post" action={ "/settings/webhooks/" (w.id) "/deliveries/" (d.id) "/redeliver" } {
                                     (csrf.field())
-                                    button type="submit" { "Redeliver" }
+                                    button type="submit" aria-label={ "Redeliver " (d.event_type) " attempt " (d.attempt) } { "Redeliver" }
                                 }
                             }
                         }

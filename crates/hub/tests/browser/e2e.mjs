@@ -1,7 +1,8 @@
 // End-to-end test of the web UI in Debian's Chromium, driven by playwright-core.
 // Started by the Rust test `browser::the_web_ui_works_end_to_end_in_chromium` (run by .ci/run),
 // which starts a hub with its own agent and a webhook receiver and passes them in:
-//   BASE_URL, ADMIN_PASSWORD, RECEIVER_URL, SCREENSHOTS (a directory), CHROMIUM (the binary).
+//   BASE_URL, ADMIN_PASSWORD, RECEIVER_URL, SCREENSHOTS (a directory); CHROMIUM may name
+//   another browser binary (default /usr/bin/chromium).
 // Exits non-zero, saying what failed, when anything a user would notice is wrong.
 
 import { chromium } from "playwright-core";

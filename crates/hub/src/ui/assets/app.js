@@ -1,4 +1,5 @@
-// Server Monitor UI: the theme switch and live refresh. Everything else is plain HTML.
+// Server Monitor UI: the theme switch, dialogs, copy buttons, confirmations and the refresh
+// of live sections. Everything else is plain HTML.
 "use strict";
 
 (function () {
@@ -58,20 +59,23 @@
     });
 
     // A section with data-refresh is fetched again every 10 s (server-rendered, escaped
-    // HTML) while the tab is visible; a failed fetch leaves the page as it is.
-    const section = document.querySelector("[data-refresh]");
-    if (section) {
-      setInterval(async () => {
+    // HTML) while the tab is visible, and swapped for the fresh one with the same id; once
+    // the fresh one no longer asks to be refreshed (a finished task), refreshing stops. A
+    // failed fetch leaves the page as it is.
+    const first = document.querySelector("[data-refresh]");
+    if (first && first.id) {
+      const id = first.id;
+      const timer = setInterval(async () => {
         if (document.hidden) return;
-        const current = document.querySelector("[data-refresh]");
-        if (!current) return; // the section stopped asking (a task that finished)
+        const current = document.getElementById(id);
+        if (!current || !current.dataset.refresh) return clearInterval(timer);
         const url = new URL(current.dataset.refresh, location.href);
         url.searchParams.set("partial", "1");
         try {
           const res = await fetch(url, { credentials: "same-origin" });
           if (!res.ok || res.redirected) return;
           const html = await res.text();
-          const fresh = new DOMParser().parseFromString(html, "text/html").querySelector("[data-refresh]");
+          const fresh = new DOMParser().parseFromString(html, "text/html").getElementById(id);
           if (fresh) current.replaceWith(fresh);
         } catch (_) {
           /* offline for a moment: try again at the next tick */

@@ -60,7 +60,7 @@ pub fn spawn_serve_with(dir: &Path, env: &[(&str, &str)]) -> (Child, String, Opt
         if let Some(at) = line.find("with password: ") {
             password = Some(line[at + 15..].trim().to_string());
         }
-        if line.starts_with("Log in:") {
+        if line.starts_with("API login:") {
             break;
         }
     }
