@@ -219,7 +219,7 @@ fn rule_form(csrf: &Csrf, id: &str, action: &str, v: &RuleValues, error: Option<
     html! {
         dialog id=(id) aria-labelledby={ (id) "-title" } data-open-on-load[error.is_some()] {
             form.dialog method="post" action=(action) {
-                h2 id={ (id) "-title" } { @if v.name.is_empty() { "New rule" } @else { "Rule " (v.name) } }
+                h2 id={ (id) "-title" } { @if id == "rule-new" { "New rule" } @else { "Rule " (v.name) } }
                 @if let Some(e) = error { p.error role="alert" { (e) } }
                 (csrf.field())
                 label for=(field("name")) { "Name" }
@@ -253,7 +253,7 @@ fn rule_form(csrf: &Csrf, id: &str, action: &str, v: &RuleValues, error: Option<
                     label for=(field("tag")) { "Tag (replaces the server scope)" }
                     input id=(field("tag")) name="tag" value=(v.tag);
                 }
-                label.check { input type="checkbox" name="enabled" checked[v.enabled || v.name.is_empty()]; " Enabled" }
+                label.check { input type="checkbox" name="enabled" checked[v.enabled]; " Enabled" }
                 div.actions {
                     button type="submit" { "Save" }
                     button type="button" data-close { "Cancel" }
@@ -295,7 +295,7 @@ async fn rules_page(
         @if can_edit {
             button type="button" data-open="rule-new" { "New rule" }
             @let new = error_for("rule-new");
-            (rule_form(csrf, "rule-new", "/alerts/rules", &new.as_ref().map(|(_, v)| v.clone()).unwrap_or_default(), new.as_ref().map(|(e, _)| *e)))
+            (rule_form(csrf, "rule-new", "/alerts/rules", &new.as_ref().map(|(_, v)| v.clone()).unwrap_or(RuleValues { enabled: true, ..Default::default() }), new.as_ref().map(|(e, _)| *e)))
         }
         div.scroll { table #rules {
             thead { tr {

@@ -169,7 +169,7 @@ fn fleet_section(
             " ▼" => "descending",
             _ => "none",
         };
-        html! { th scope="col" aria-sort=(aria) { a href=(p.url(Some(&next), Some(1))) { (label) (mark) } } }
+        html! { th scope="col" aria-sort=(aria) { a href=(p.url(Some(&next), Some(1))) { (label) span aria-hidden="true" { (mark) } } } }
     };
     html! {
         section #fleet data-refresh=(p.url(None, Some(page_no))) aria-live="polite" {

@@ -163,7 +163,7 @@ pub struct Csrf {
 }
 
 impl Csrf {
-    fn from_headers(headers: &HeaderMap) -> Csrf {
+    fn from_headers(headers: &HeaderMap, secure: bool) -> Csrf {
         match cookie(headers, CSRF_COOKIE).filter(|t| t.len() == 64) {
             Some(token) => Csrf {
                 token,
@@ -173,7 +173,9 @@ impl Csrf {
                 let mut bytes = [0u8; 32];
                 rand::RngCore::fill_bytes(&mut rand::rng(), &mut bytes);
                 let token = hex::encode(bytes);
-                let value = format!("{CSRF_COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict");
+                let secure = if secure { "; Secure" } else { "" };
+                let value =
+                    format!("{CSRF_COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict{secure}");
                 Csrf {
                     set_cookie: HeaderValue::from_str(&value).ok(),
                     token,
@@ -188,11 +190,17 @@ impl Csrf {
     }
 }
 
-impl<S: Send + Sync> FromRequestParts<S> for Csrf {
+impl FromRequestParts<AppState> for Csrf {
     type Rejection = std::convert::Infallible;
 
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        Ok(Csrf::from_headers(&parts.headers))
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(Csrf::from_headers(
+            &parts.headers,
+            state.auth.cookie_secure(),
+        ))
     }
 }
 
@@ -274,7 +282,16 @@ impl<S: Send + Sync> axum::extract::FromRequest<S> for FormData {
     async fn from_request(req: Request, state: &S) -> Result<Self, Response> {
         let bytes = axum::body::Bytes::from_request(req, state)
             .await
-            .map_err(|_| forbidden("The form could not be read."))?;
+            .map_err(|e| {
+                (
+                    e.status(),
+                    layout::bare(
+                        "Bad form",
+                        html! { p role="alert" { "The form could not be read: " (e.body_text()) } },
+                    ),
+                )
+                    .into_response()
+            })?;
         Ok(FormData(
             url::form_urlencoded::parse(&bytes)
                 .map(|(k, v)| (k.into_owned(), v.into_owned()))
@@ -290,11 +307,16 @@ impl FromRequestParts<AppState> for PageUser {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
-        let next = parts
-            .uri
-            .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/");
+        // After logging in, come back to the page; a form post cannot be replayed, so its
+        // session's expiry leads back to the start page.
+        let next = match parts.method {
+            axum::http::Method::GET => parts
+                .uri
+                .path_and_query()
+                .map(|p| p.as_str())
+                .unwrap_or("/"),
+            _ => "/",
+        };
         let next: String = url::form_urlencoded::byte_serialize(next.as_bytes()).collect();
         let to_login = || Redirect::to(&format!("/login?next={next}")).into_response();
         let Some(token) = cookie(&parts.headers, SESSION_COOKIE).filter(|t| !t.is_empty()) else {

@@ -29,6 +29,14 @@
       });
     }
 
+    // The navigation marks the section the page belongs to.
+    const path = location.pathname;
+    document.querySelectorAll(".topbar nav a").forEach((a) => {
+      const href = a.getAttribute("href");
+      const here = href === "/" ? path === "/" || path.startsWith("/servers/") : path.startsWith(href);
+      if (here) a.setAttribute("aria-current", "page");
+    });
+
     // Dialogs: buttons with data-open="id" open one; data-close closes it; a dialog the
     // server sent back with a validation error (data-open-on-load) opens at once.
     document.addEventListener("click", (e) => {
