@@ -19,7 +19,9 @@ use crate::fleet::FleetService;
 use crate::secrets::SecretBox;
 use crate::store::{ChannelFields, DeliveryRecord, NotificationItem, Store, WebhookRecord};
 use crate::webhooks::send::Verdict;
-use crate::webhooks::service::TestOutcome;
+use crate::webhooks::service::{
+    TestOutcome, check_log_query, check_name, check_range, record_test,
+};
 use crate::webhooks::ssrf::SsrfPolicy;
 use crate::wire::{opt_rfc3339_millis, rfc3339_millis};
 
@@ -147,25 +149,6 @@ fn default_routing(defaults: &NotificationsConfig) -> Routing {
         tags: Vec::new(),
         group_window_secs: defaults.group_window_secs,
         rate_limit_per_minute: defaults.rate_limit_per_minute,
-    }
-}
-
-fn check_name(name: &str) -> Result<String> {
-    let name = name.trim();
-    if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
-        return Err(Error::invalid("name", "must be 1 to 100 characters"));
-    }
-    Ok(name.to_string())
-}
-
-fn check_range(field: &str, value: u32, range: std::ops::RangeInclusive<u32>) -> Result<u32> {
-    if range.contains(&value) {
-        Ok(value)
-    } else {
-        Err(Error::invalid(
-            field,
-            format!("must be between {} and {}", range.start(), range.end()),
-        ))
     }
 }
 
@@ -494,29 +477,7 @@ impl NotificationService {
                 duration_ms: 0,
             },
         };
-        let success = attempt.verdict == Verdict::Delivered;
-        let delivery = DeliveryRecord {
-            id: Uuid::now_v7().to_string(),
-            webhook_id: w.id.clone(),
-            event_id: event_id.clone(),
-            event_type: event.event_type.clone(),
-            status: if success { "success" } else { "failed" },
-            status_code: attempt.status_code,
-            response_body: attempt.response_body.clone(),
-            error: attempt.error.clone(),
-            attempt: 1,
-            delivered_at: Utc::now(),
-            duration_ms: attempt.duration_ms,
-        };
-        self.store.record_test(&delivery, &event).await?;
-        Ok(TestOutcome {
-            success,
-            status_code: attempt.status_code,
-            duration_ms: attempt.duration_ms,
-            error: attempt.error,
-            delivery_id: delivery.id,
-            event_id,
-        })
+        record_test(self.store.as_ref(), &w.id, &event, attempt).await
     }
 
     /// A channel's delivery log.
@@ -528,17 +489,7 @@ impl NotificationService {
         offset: u64,
     ) -> Result<(Vec<DeliveryRecord>, u64)> {
         self.get(id).await?;
-        if !(1..=1000).contains(&limit) {
-            return Err(Error::invalid("limit", "must be between 1 and 1000"));
-        }
-        if let Some(s) = status {
-            if !matches!(s, "success" | "failed" | "retrying") {
-                return Err(Error::invalid(
-                    "status",
-                    "must be success, failed or retrying",
-                ));
-            }
-        }
+        check_log_query(limit, status)?;
         self.store.deliveries(id, status, limit, offset).await
     }
 

@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use super::channel::{ChannelConfig, SmtpTls};
 use super::render::{Message, Renderer};
 use crate::events::{Event, Severity};
-use crate::webhooks::send::{Attempt, Delivery, Verdict, WebhookClient};
+use crate::webhooks::send::{Attempt, Delivery, Verdict, WebhookClient, error_chain};
 
 /// Longest text the services take in one message (Discord 2,000, Telegram 4,096 characters).
 const DISCORD_MAX: usize = 2000;
@@ -278,17 +278,6 @@ fn smtp_tls(tls: SmtpTls, host: &str) -> Result<Tls, String> {
 
 fn smtp_code(code: &str) -> Option<u16> {
     code.parse().ok()
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 fn build_email(from: &str, to: &[String], m: &Message) -> Result<lettre::Message, String> {

@@ -6,7 +6,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use maud::{Markup, html};
 
 use super::layout::{self, Nav, ago};
-use super::{Csrf, FormData, PageUser, error_page, page, refuse_post};
+use super::{Csrf, FormData, PageUser, error_page, page, refuse_form};
 use crate::alerts::{AlertQuery, AlertView, RuleInput, RuleView};
 use crate::app::AppState;
 use crate::auth::roles::Permission;
@@ -107,10 +107,7 @@ pub async fn acknowledge(
     Path(id): Path<String>,
     f: FormData,
 ) -> Response {
-    if let Some(refused) = refuse_post(&headers, f.get("csrf")) {
-        return refused;
-    }
-    if let Some(refused) = user.refuse_unless(Permission::ManageAlerts) {
+    if let Some(refused) = refuse_form(&headers, &f, &user, Permission::ManageAlerts) {
         return refused;
     }
     match state.alerts.acknowledge(&user.0.origin, &id).await {
@@ -343,10 +340,7 @@ async fn save_rule(
     id: Option<&str>,
     f: FormData,
 ) -> Response {
-    if let Some(refused) = refuse_post(headers, f.get("csrf")) {
-        return refused;
-    }
-    if let Some(refused) = user.refuse_unless(Permission::ManageAlerts) {
+    if let Some(refused) = refuse_form(headers, &f, user, Permission::ManageAlerts) {
         return refused;
     }
     let values = RuleValues::from_form(&f);
@@ -404,10 +398,7 @@ pub async fn delete_rule(
     Path(id): Path<String>,
     f: FormData,
 ) -> Response {
-    if let Some(refused) = refuse_post(&headers, f.get("csrf")) {
-        return refused;
-    }
-    if let Some(refused) = user.refuse_unless(Permission::ManageAlerts) {
+    if let Some(refused) = refuse_form(&headers, &f, &user, Permission::ManageAlerts) {
         return refused;
     }
     match state.alerts.delete(&user.0.origin, &id).await {

@@ -300,6 +300,16 @@ impl<S: Send + Sync> axum::extract::FromRequest<S> for FormData {
     }
 }
 
+/// Check a form post of `user` (origin and CSRF token), then that their role may do it.
+pub fn refuse_form(
+    headers: &HeaderMap,
+    form: &FormData,
+    user: &PageUser,
+    permission: Permission,
+) -> Option<Response> {
+    refuse_post(headers, form.get("csrf")).or_else(|| user.refuse_unless(permission))
+}
+
 /// A logged-in user of the UI; a page without a session redirects to the login page.
 pub struct PageUser(pub Caller);
 

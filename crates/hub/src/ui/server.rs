@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use super::charts::{Series, line_chart};
 use super::layout::{self, Nav, ago, bytes, percent, rate, status};
-use super::{Csrf, FormData, PageUser, error_page, page, refuse_post};
+use super::{Csrf, FormData, PageUser, error_page, page, refuse_form};
 use crate::app::AppState;
 use crate::auth::roles::Permission;
 use crate::events::EventFilter;
@@ -51,10 +51,7 @@ pub async fn run_task(
     Path(id): Path<String>,
     f: FormData,
 ) -> Response {
-    if let Some(refused) = refuse_post(&headers, f.get("csrf")) {
-        return refused;
-    }
-    if let Some(refused) = user.refuse_unless(Permission::RunTasks) {
+    if let Some(refused) = refuse_form(&headers, &f, &user, Permission::RunTasks) {
         return refused;
     }
     let timeout = match f.get("timeout_seconds").trim() {

@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use maud::html;
 
 use super::layout::{self, Nav, ago};
-use super::{Csrf, FormData, PageUser, error_page, page, refuse_post};
+use super::{Csrf, FormData, PageUser, error_page, page, refuse_form};
 use crate::app::AppState;
 use crate::auth::roles::{Permission, Role};
 use crate::error::Error;
@@ -87,10 +87,7 @@ pub async fn create_user(
     headers: HeaderMap,
     f: FormData,
 ) -> Response {
-    if let Some(refused) = refuse_post(&headers, f.get("csrf")) {
-        return refused;
-    }
-    if let Some(refused) = user.refuse_unless(Permission::ManageUsers) {
+    if let Some(refused) = refuse_form(&headers, &f, &user, Permission::ManageUsers) {
         return refused;
     }
     let created = async {
@@ -121,10 +118,7 @@ pub async fn set_role(
     Path(id): Path<String>,
     f: FormData,
 ) -> Response {
-    if let Some(refused) = refuse_post(&headers, f.get("csrf")) {
-        return refused;
-    }
-    if let Some(refused) = user.refuse_unless(Permission::ManageUsers) {
+    if let Some(refused) = refuse_form(&headers, &f, &user, Permission::ManageUsers) {
         return refused;
     }
     let changed = async {
@@ -152,10 +146,7 @@ pub async fn delete_user(
     Path(id): Path<String>,
     f: FormData,
 ) -> Response {
-    if let Some(refused) = refuse_post(&headers, f.get("csrf")) {
-        return refused;
-    }
-    if let Some(refused) = user.refuse_unless(Permission::ManageUsers) {
+    if let Some(refused) = refuse_form(&headers, &f, &user, Permission::ManageUsers) {
         return refused;
     }
     match state.users.delete(&user.0.origin, &id).await {
@@ -214,10 +205,7 @@ pub async fn add_server(
     headers: HeaderMap,
     f: FormData,
 ) -> Response {
-    if let Some(refused) = refuse_post(&headers, f.get("csrf")) {
-        return refused;
-    }
-    if let Some(refused) = user.refuse_unless(Permission::ManageServers) {
+    if let Some(refused) = refuse_form(&headers, &f, &user, Permission::ManageServers) {
         return refused;
     }
     let new = NewServer {

@@ -8,7 +8,7 @@ use maud::html;
 use serde::Deserialize;
 
 use super::layout::{self, Nav, ago, status};
-use super::{Csrf, FormData, PageUser, error_page, page, refuse_post};
+use super::{Csrf, FormData, PageUser, error_page, page, refuse_form};
 use crate::app::AppState;
 use crate::auth::roles::Permission;
 use crate::store::TaskStatus;
@@ -160,10 +160,7 @@ pub async fn cancel(
     Path(id): Path<String>,
     f: FormData,
 ) -> Response {
-    if let Some(refused) = refuse_post(&headers, f.get("csrf")) {
-        return refused;
-    }
-    if let Some(refused) = user.refuse_unless(Permission::RunTasks) {
+    if let Some(refused) = refuse_form(&headers, &f, &user, Permission::RunTasks) {
         return refused;
     }
     match state.tasks.cancel(&user.0, &id).await {

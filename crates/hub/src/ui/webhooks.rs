@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use maud::{Markup, html};
 
 use super::layout::{self, Nav, ago};
-use super::{Csrf, FormData, PageUser, error_page, page, refuse_post};
+use super::{Csrf, FormData, PageUser, error_page, page, refuse_form};
 use crate::app::AppState;
 use crate::auth::roles::Permission;
 use crate::error::{Error, Result};
@@ -193,10 +193,7 @@ pub async fn create(
     headers: HeaderMap,
     f: FormData,
 ) -> Response {
-    if let Some(refused) = refuse_post(&headers, f.get("csrf")) {
-        return refused;
-    }
-    if let Some(refused) = user.refuse_unless(Permission::ManageWebhooks) {
+    if let Some(refused) = refuse_form(&headers, &f, &user, Permission::ManageWebhooks) {
         return refused;
     }
     let created = async {
@@ -388,10 +385,7 @@ pub async fn update(
     Path(id): Path<String>,
     f: FormData,
 ) -> Response {
-    if let Some(refused) = refuse_post(&headers, f.get("csrf")) {
-        return refused;
-    }
-    if let Some(refused) = user.refuse_unless(Permission::ManageWebhooks) {
+    if let Some(refused) = refuse_form(&headers, &f, &user, Permission::ManageWebhooks) {
         return refused;
     }
     let updated = async {
@@ -448,10 +442,7 @@ pub async fn set_enabled(
     Path(id): Path<String>,
     f: FormData,
 ) -> Response {
-    if let Some(refused) = refuse_post(&headers, f.get("csrf")) {
-        return refused;
-    }
-    if let Some(refused) = user.refuse_unless(Permission::ManageWebhooks) {
+    if let Some(refused) = refuse_form(&headers, &f, &user, Permission::ManageWebhooks) {
         return refused;
     }
     let patch = WebhookPatch {
@@ -473,10 +464,7 @@ pub async fn test(
     Path(id): Path<String>,
     f: FormData,
 ) -> Response {
-    if let Some(refused) = refuse_post(&headers, f.get("csrf")) {
-        return refused;
-    }
-    if let Some(refused) = user.refuse_unless(Permission::ManageWebhooks) {
+    if let Some(refused) = refuse_form(&headers, &f, &user, Permission::ManageWebhooks) {
         return refused;
     }
     let outcome = async {
@@ -510,10 +498,7 @@ pub async fn delete(
     Path(id): Path<String>,
     f: FormData,
 ) -> Response {
-    if let Some(refused) = refuse_post(&headers, f.get("csrf")) {
-        return refused;
-    }
-    if let Some(refused) = user.refuse_unless(Permission::ManageWebhooks) {
+    if let Some(refused) = refuse_form(&headers, &f, &user, Permission::ManageWebhooks) {
         return refused;
     }
     match state.webhooks.delete(&user.0.origin, &id).await {
@@ -531,10 +516,7 @@ pub async fn redeliver(
     Path((id, delivery)): Path<(String, String)>,
     f: FormData,
 ) -> Response {
-    if let Some(refused) = refuse_post(&headers, f.get("csrf")) {
-        return refused;
-    }
-    if let Some(refused) = user.refuse_unless(Permission::ManageWebhooks) {
+    if let Some(refused) = refuse_form(&headers, &f, &user, Permission::ManageWebhooks) {
         return refused;
     }
     match state.webhooks.redeliver(&id, &delivery).await {

@@ -211,7 +211,8 @@ pub struct WebhookService {
     notifications: NotificationsConfig,
 }
 
-fn check_range(field: &str, value: u32, range: std::ops::RangeInclusive<u32>) -> Result<u32> {
+/// `value` when it lies in `range`, else a 400 naming `field`.
+pub fn check_range(field: &str, value: u32, range: std::ops::RangeInclusive<u32>) -> Result<u32> {
     if range.contains(&value) {
         Ok(value)
     } else {
@@ -222,12 +223,60 @@ fn check_range(field: &str, value: u32, range: std::ops::RangeInclusive<u32>) ->
     }
 }
 
-fn check_name(name: &str) -> Result<String> {
+/// A target's name: 1 to 100 characters, trimmed.
+pub fn check_name(name: &str) -> Result<String> {
     let name = name.trim();
     if name.is_empty() || name.chars().count() > 100 {
         return Err(Error::invalid("name", "must be 1 to 100 characters"));
     }
     Ok(name.to_string())
+}
+
+/// Log a test attempt to one target (webhook or channel) with its test event, written as
+/// already dispatched, and say what happened.
+pub async fn record_test(
+    store: &dyn Store,
+    target_id: &str,
+    event: &Event,
+    attempt: Attempt,
+) -> Result<TestOutcome> {
+    let success = attempt.verdict == Verdict::Delivered;
+    let delivery = DeliveryRecord {
+        id: Uuid::now_v7().to_string(),
+        webhook_id: target_id.to_string(),
+        event_id: event.event_id.to_string(),
+        event_type: event.event_type.clone(),
+        status: if success { "success" } else { "failed" },
+        status_code: attempt.status_code,
+        response_body: attempt.response_body,
+        error: attempt.error.clone(),
+        attempt: 1,
+        delivered_at: Utc::now(),
+        duration_ms: attempt.duration_ms,
+    };
+    store.record_test(&delivery, event).await?;
+    Ok(TestOutcome {
+        success,
+        status_code: attempt.status_code,
+        duration_ms: attempt.duration_ms,
+        error: attempt.error,
+        delivery_id: delivery.id,
+        event_id: delivery.event_id,
+    })
+}
+
+/// The paging and status filter of a delivery log.
+pub fn check_log_query(limit: u32, status: Option<&str>) -> Result<()> {
+    if !(1..=1000).contains(&limit) {
+        return Err(Error::invalid("limit", "must be between 1 and 1000"));
+    }
+    if status.is_some_and(|s| !matches!(s, "success" | "failed" | "retrying")) {
+        return Err(Error::invalid(
+            "status",
+            "must be success, failed or retrying",
+        ));
+    }
+    Ok(())
 }
 
 fn check_event_types(types: Option<Vec<String>>) -> Result<Option<Vec<String>>> {
@@ -660,30 +709,12 @@ impl WebhookService {
         let attempt = self
             .send(&w, &event_id, &event.event_type, &payload)
             .await?;
-        let success = attempt.verdict == Verdict::Delivered;
-        let delivery = DeliveryRecord {
-            id: Uuid::now_v7().to_string(),
-            webhook_id: w.id.clone(),
-            event_id: event_id.clone(),
-            event_type: event.event_type.clone(),
-            status: if success { "success" } else { "failed" },
-            status_code: attempt.status_code,
-            response_body: attempt.response_body.clone(),
-            error: attempt.error.clone(),
-            attempt: 1,
-            delivered_at: Utc::now(),
-            duration_ms: attempt.duration_ms,
-        };
-        self.metrics.record(delivery.status, delivery.duration_ms);
-        self.store.record_test(&delivery, &event).await?;
-        Ok(TestOutcome {
-            success,
-            status_code: attempt.status_code,
-            duration_ms: attempt.duration_ms,
-            error: attempt.error,
-            delivery_id: delivery.id,
-            event_id,
-        })
+        let outcome = record_test(self.store.as_ref(), &w.id, &event, attempt).await?;
+        self.metrics.record(
+            if outcome.success { "success" } else { "failed" },
+            outcome.duration_ms,
+        );
+        Ok(outcome)
     }
 
     /// A webhook's delivery log.
@@ -695,17 +726,7 @@ impl WebhookService {
         offset: u64,
     ) -> Result<(Vec<DeliveryRecord>, u64)> {
         self.get(id).await?;
-        if !(1..=1000).contains(&limit) {
-            return Err(Error::invalid("limit", "must be between 1 and 1000"));
-        }
-        if let Some(s) = status {
-            if !matches!(s, "success" | "failed" | "retrying") {
-                return Err(Error::invalid(
-                    "status",
-                    "must be success, failed or retrying",
-                ));
-            }
-        }
+        check_log_query(limit, status)?;
         self.store.deliveries(id, status, limit, offset).await
     }
 
