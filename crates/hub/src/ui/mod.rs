@@ -19,7 +19,7 @@ mod tasks;
 mod webhooks;
 
 use axum::Router;
-use axum::extract::{FromRequestParts, Request, State};
+use axum::extract::{FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
@@ -28,18 +28,16 @@ use axum::routing::{get, post};
 use maud::{Markup, html};
 use sha2::{Digest, Sha256};
 
+use crate::api::extract::SESSION_COOKIE;
 use crate::app::AppState;
 use crate::auth::Caller;
 use crate::auth::roles::Permission;
 use crate::error::Error;
 
-pub use layout::Nav;
+use layout::Nav;
 
 /// The CSRF cookie: random, readable only by the server, sent only to this site.
 const CSRF_COOKIE: &str = "smon_csrf";
-/// The session cookie (the API's).
-use crate::api::extract::SESSION_COOKIE;
-
 const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
                    object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'";
 
@@ -377,6 +375,3 @@ pub fn error_page(e: Error, nav: &Nav, csrf: &Csrf) -> Response {
         ),
     )
 }
-
-/// The state for handlers that need it.
-pub type UiState = State<AppState>;
