@@ -21,6 +21,11 @@ const LINKS: &[(&str, &str, Permission)] = &[
     ("/tasks", "Tasks", Permission::ReadFleet),
     ("/events", "Events", Permission::ReadDashboard),
     ("/settings/webhooks", "Webhooks", Permission::ManageWebhooks),
+    (
+        "/settings/notifications",
+        "Notifications",
+        Permission::ManageNotifications,
+    ),
     ("/settings/agents", "Agents", Permission::ManageServers),
     ("/settings/users", "Users", Permission::ManageUsers),
     ("/settings/plugins", "Plugins", Permission::ManagePlugins),

@@ -8,6 +8,7 @@
 //! stylesheet.
 
 mod alerts;
+mod channels;
 mod charts;
 mod events;
 mod fleet;
@@ -72,6 +73,24 @@ pub fn router() -> Router<AppState> {
             get(settings::agents).post(settings::add_server),
         )
         .route("/settings/plugins", get(settings::plugins))
+        .route(
+            "/settings/notifications",
+            get(channels::list).post(channels::create),
+        )
+        .route("/settings/notifications/{id}", get(channels::show))
+        .route(
+            "/settings/notifications/{id}/enabled",
+            post(channels::set_enabled),
+        )
+        .route("/settings/notifications/{id}/test", post(channels::test))
+        .route(
+            "/settings/notifications/{id}/delete",
+            post(channels::delete),
+        )
+        .route(
+            "/settings/notifications/{id}/deliveries",
+            get(channels::deliveries),
+        )
         .route(
             "/settings/webhooks",
             get(webhooks::list).post(webhooks::create),

@@ -13,6 +13,7 @@ use crate::app::AppState;
 use crate::auth::roles::Permission;
 use crate::error::{Error, Result};
 use crate::events::EventType;
+use crate::store::DeliveryRecord;
 use crate::webhooks::service::{NewWebhook, TestOutcome, WebhookPatch, WebhookView};
 
 /// What a page shows besides its data: an error in a dialog, a one-time secret, a test outcome.
@@ -321,17 +322,30 @@ async fn detail_page(
 
 async fn deliveries_section(state: &AppState, csrf: &Csrf, w: &WebhookView) -> Result<Markup> {
     let (rows, total) = state.webhooks.deliveries(&w.id, None, 25, 0).await?;
-    Ok(html! {
-        section #deliveries data-refresh={ "/settings/webhooks/" (w.id) "/deliveries" } aria-live="polite" {
+    let base = format!("/settings/webhooks/{}", w.id);
+    Ok(deliveries_panel(&base, &rows, total, Some(csrf)))
+}
+
+/// A delivery log panel that refreshes itself from `{base}/deliveries`; with `redeliver`'s
+/// CSRF token each row gets a Redeliver button.
+pub fn deliveries_panel(
+    base: &str,
+    rows: &[DeliveryRecord],
+    total: u64,
+    redeliver: Option<&Csrf>,
+) -> Markup {
+    html! {
+        section #deliveries data-refresh={ (base) "/deliveries" } aria-live="polite" {
             h2 { "Deliveries" }
             p.muted { (total) " attempts logged; newest first; refreshes every 10 s." }
             div.scroll { table {
                 thead { tr {
                     th scope="col" { "Status" } th scope="col" { "Code" } th scope="col" { "Attempt" }
-                    th scope="col" { "Event" } th scope="col" { "Time" } th scope="col" { "Error" } th scope="col" { "Actions" }
+                    th scope="col" { "Event" } th scope="col" { "Time" } th scope="col" { "Error" }
+                    @if redeliver.is_some() { th scope="col" { "Actions" } }
                 } }
                 tbody {
-                    @for d in &rows {
+                    @for d in rows {
                         tr {
                             td { span class={ "badge " (if d.status == "success" { "online" } else if d.status == "failed" { "offline" } else { "unknown" }) } { (d.status) } }
                             td { (d.status_code.map(|c| c.to_string()).unwrap_or_else(|| "–".into())) }
@@ -339,10 +353,12 @@ async fn deliveries_section(state: &AppState, csrf: &Csrf, w: &WebhookView) -> R
                             td { code { (d.event_type) } }
                             td { (ago(Some(d.delivered_at))) }
                             td { (d.error.as_deref().unwrap_or("")) }
-                            td {
-                                form method="post" action={ "/settings/webhooks/" (w.id) "/deliveries/" (d.id) "/redeliver" } {
-                                    (csrf.field())
-                                    button type="submit" aria-label={ "Redeliver " (d.event_type) " attempt " (d.attempt) } { "Redeliver" }
+                            @if let Some(csrf) = redeliver {
+                                td {
+                                    form method="post" action={ (base) "/deliveries/" (d.id) "/redeliver" } {
+                                        (csrf.field())
+                                        button type="submit" aria-label={ "Redeliver " (d.event_type) " attempt " (d.attempt) } { "Redeliver" }
+                                    }
                                 }
                             }
                         }
@@ -351,7 +367,7 @@ async fn deliveries_section(state: &AppState, csrf: &Csrf, w: &WebhookView) -> R
                 }
             } }
         }
-    })
+    }
 }
 
 /// `GET /settings/webhooks/{id}/deliveries`: the panel alone, for its refresh.

@@ -143,6 +143,7 @@ try {
     ["/settings/users", "users", "Users"],
     ["/settings/agents", "agents", "Install an agent"],
     ["/settings/plugins", "plugins", "Plugins"],
+    ["/settings/notifications", "notifications", "Notification channels"],
   ]) {
     await page.goto(`${base}${path}`);
     await page.locator("h1", { hasText: heading }).waitFor();

@@ -486,3 +486,72 @@ async fn dialogs_show_the_api_messages_and_keep_what_was_typed() {
     assert_eq!(created["for_secs"], 300);
     assert_eq!(created["severity"], "critical");
 }
+
+#[tokio::test]
+async fn a_notification_channel_is_created_tested_and_deleted_from_its_pages() {
+    let receiver = crate::common::receiver::Receiver::start(&[]).await;
+    let hub = TestHub::start_with(|c| c.webhooks.allow_cidrs = vec!["127.0.0.1/32".into()]).await;
+    let mut b = Browser::new(&hub);
+    b.log_in("admin", ADMIN_PASSWORD).await;
+    b.get("/settings/notifications").await;
+    let csrf = b.csrf();
+    let url = format!("{}/services/T0/B0/pagesecret", receiver.base());
+    let refused = b
+        .post(
+            "/settings/notifications",
+            &[
+                ("csrf", &csrf),
+                ("name", "ops chat"),
+                ("kind", "slack"),
+                ("slack.url", "http://hooks.slack.com/services/x"),
+                ("event_types", "alert.triggered"),
+            ],
+        )
+        .await;
+    assert_eq!(refused.status, StatusCode::BAD_REQUEST);
+    assert!(
+        refused.body.contains("config.url: must be an https URL"),
+        "{}",
+        refused.body
+    );
+    assert!(refused.body.contains(r#"value="ops chat""#));
+    let created = b
+        .post(
+            "/settings/notifications",
+            &[
+                ("csrf", &csrf),
+                ("name", "ops chat"),
+                ("kind", "slack"),
+                ("slack.url", &url),
+                // Another kind's fields are ignored.
+                ("telegram.chat_id", "42"),
+                ("event_types", "alert.triggered"),
+                ("min_severity", "warning"),
+                ("group_window_secs", "5"),
+            ],
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::SEE_OTHER, "{}", created.body);
+    let path = created.location.unwrap();
+    let detail = b.get(&path).await;
+    assert!(detail.body.contains("5 s window"), "{}", detail.body);
+    assert!(
+        !detail.body.contains("pagesecret"),
+        "the URL's token is never shown"
+    );
+    let tested = b.post(&format!("{path}/test"), &[("csrf", &csrf)]).await;
+    assert!(tested.body.contains("Test sent: 200"), "{}", tested.body);
+    let got = receiver.received();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].path, "/services/T0/B0/pagesecret");
+    assert!(
+        tested.body.contains("notification_channel.test"),
+        "the log shows it"
+    );
+    let gone = b.post(&format!("{path}/delete"), &[("csrf", &csrf)]).await;
+    assert_eq!(gone.status, StatusCode::SEE_OTHER);
+    let (_, list) = hub
+        .get("/api/notifications/channels", &hub.admin_token)
+        .await;
+    assert_eq!(list["count"], 0);
+}
