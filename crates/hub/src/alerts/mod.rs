@@ -450,12 +450,14 @@ impl AlertService {
         self.store.update_rule(&rule.record, &event).await?;
         let view = rule_view(&rule.record);
         let enabled = rule.record.enabled;
+        let channels = rule.record.channels.clone();
         engine.rules[index] = rule;
         engine
             .phases
             .retain(|(r, _), p| r != id || matches!(p, Phase::Firing(_)));
         if !enabled {
-            self.resolve_rule(&mut engine, id, "rule disabled").await;
+            self.resolve_rule(&mut engine, id, "rule disabled", channels)
+                .await;
         }
         Ok(view)
     }
@@ -478,14 +480,22 @@ impl AlertService {
         let event = Event::new(EventType::AlertRuleDeleted, origin)
             .target("alert_rule", id)
             .meta("name", rule.record.name.clone());
+        let channels = rule.record.channels.clone();
         self.store.delete_rule(id, &event).await?;
         engine.rules.retain(|r| r.record.id != id);
-        self.resolve_rule(&mut engine, id, "rule deleted").await;
+        self.resolve_rule(&mut engine, id, "rule deleted", channels)
+            .await;
         engine.phases.retain(|(r, _), _| r != id);
         Ok(())
     }
 
-    async fn resolve_rule(&self, engine: &mut Engine, rule_id: &str, why: &str) {
+    async fn resolve_rule(
+        &self,
+        engine: &mut Engine,
+        rule_id: &str,
+        why: &str,
+        channels: Option<Vec<String>>,
+    ) {
         let firing: Vec<(String, String)> = engine
             .phases
             .iter()
@@ -496,7 +506,7 @@ impl AlertService {
             if let Some(Phase::Firing(alert)) = engine.phases.remove(&key) {
                 // The rule is gone from memory either way; a failed write is retried by the
                 // sweep, which finds the alert firing in the database at the next start.
-                self.resolve(*alert, None, why).await;
+                self.resolve(*alert, None, why, channels.clone()).await;
             }
         }
     }
@@ -582,8 +592,16 @@ impl AlertService {
                     .cloned()
                     .collect();
                 for key in keys {
+                    let channels = engine
+                        .rules
+                        .iter()
+                        .find(|r| r.record.id == key.0)
+                        .and_then(|r| r.record.channels.clone());
                     if let Some(Phase::Firing(alert)) = engine.phases.remove(&key) {
-                        if !self.resolve(*alert.clone(), None, "server deleted").await {
+                        if !self
+                            .resolve(*alert.clone(), None, "server deleted", channels)
+                            .await
+                        {
                             engine.phases.insert(key, Phase::Firing(alert));
                         }
                     }
@@ -674,7 +692,8 @@ impl AlertService {
         match (engine.phases.get(&key).cloned(), value) {
             (Some(Phase::Firing(alert)), Some(v)) if recovered(v) => {
                 // Kept firing when the resolution cannot be recorded: the next value retries.
-                if self.resolve(*alert, Some(v), "recovered").await {
+                let channels = rule.record.channels.clone();
+                if self.resolve(*alert, Some(v), "recovered", channels).await {
                     engine.phases.remove(&key);
                 }
             }
@@ -803,6 +822,9 @@ impl AlertService {
             .meta("comparison", r.comparison.clone())
             .meta("threshold", r.threshold)
             .meta("for_secs", r.for_secs);
+        if let Some(channels) = &r.channels {
+            event = event.meta("channels", channels.clone());
+        }
         if let Some(m) = &r.mount {
             event = event.meta("mount", m.clone());
         }
@@ -844,7 +866,15 @@ impl AlertService {
     }
 
     /// Record a resolution; false when it could not be recorded (the caller keeps it firing).
-    async fn resolve(&self, mut alert: AlertRecord, value: Option<f64>, why: &str) -> bool {
+    /// `channels` are the rule's notification channels, carried in the event so that a
+    /// resolution still reaches them after the rule is gone.
+    async fn resolve(
+        &self,
+        mut alert: AlertRecord,
+        value: Option<f64>,
+        why: &str,
+        channels: Option<Vec<String>>,
+    ) -> bool {
         let now = Utc::now();
         alert.status = "resolved".into();
         alert.resolved_at = Some(now);
@@ -860,6 +890,9 @@ impl AlertService {
             .meta("fired_for_secs", (now - alert.fired_at).num_seconds())
             .meta("alert_severity", alert.severity.as_str())
             .meta("resolution", why);
+        if let Some(channels) = channels {
+            event = event.meta("channels", channels);
+        }
         event.server_id = Some(alert.server_id.clone());
         event.server_name = alert.server_name.clone();
         match self.store.resolve_alert(&alert, &event).await {
@@ -911,8 +944,9 @@ impl AlertService {
                 }
                 _ => continue,
             };
+            let channels = rule.and_then(|r| r.record.channels.clone());
             if let Some(Phase::Firing(alert)) = engine.phases.remove(&key) {
-                if !self.resolve(*alert.clone(), None, why).await {
+                if !self.resolve(*alert.clone(), None, why, channels).await {
                     engine.phases.insert(key, Phase::Firing(alert));
                 }
             }

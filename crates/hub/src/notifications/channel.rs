@@ -28,6 +28,8 @@ pub const DEFAULT_EVENT_TYPES: &[EventType] = &[
 
 /// Settings keys that hold secrets: sealed at rest, never shown, kept when an update omits them.
 const SECRET_KEYS: &[&str] = &["url", "password", "bot_token", "token", "secret"];
+/// Settings keys that say where secrets are sent; changing one requires the secrets again.
+const DESTINATION_KEYS: &[&str] = &["host", "port", "server_url", "api_url", "url"];
 
 /// How an SMTP connection is secured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -132,12 +134,25 @@ impl ChannelConfig {
         if let Some(prev) = previous.filter(|p| p.kind() == kind) {
             let prev = serde_json::to_value(prev).expect("config serialises");
             if let Some(prev) = prev.get("config").and_then(Value::as_object) {
+                // A kept secret must not follow a changed destination: an edit that points
+                // the host elsewhere would otherwise send the stored password there.
+                let moved = DESTINATION_KEYS
+                    .iter()
+                    .find(|k| obj.get(**k).is_some_and(|v| Some(v) != prev.get(**k)));
                 for key in SECRET_KEYS {
-                    if !obj.contains_key(*key) {
-                        if let Some(v) = prev.get(*key).filter(|v| !v.is_null()) {
-                            obj.insert((*key).to_string(), v.clone());
-                        }
+                    let Some(stored) = prev.get(*key).filter(|v| !v.is_null()) else {
+                        continue;
+                    };
+                    if obj.contains_key(*key) {
+                        continue;
                     }
+                    if let Some(moved) = moved {
+                        return Err(Error::invalid(
+                            format!("config.{key}"),
+                            format!("give it again: config.{moved} changed"),
+                        ));
+                    }
+                    obj.insert((*key).to_string(), stored.clone());
                 }
             }
         }
@@ -582,6 +597,18 @@ mod tests {
         )
         .unwrap();
         assert!(matches!(replaced, ChannelConfig::Ntfy { token: Some(t), .. } if t == "tk_new"));
+        // Pointing the channel elsewhere without the token again is refused.
+        let e = ChannelConfig::parse(
+            "ntfy",
+            &json!({ "topic": "alerts", "server_url": "https://ntfy.example.com" }),
+            Some(&first),
+            &policy,
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().starts_with("config.token: give it again"),
+            "{e}"
+        );
     }
 
     #[test]

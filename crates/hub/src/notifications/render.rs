@@ -34,11 +34,12 @@ pub const PLACEHOLDERS: &[&str] = &[
 /// The built-in (subject, body) of an event.
 fn default_template(e: &Event) -> (&'static str, &'static str) {
     let offline = e.meta.get("metric").and_then(|m| m.as_str()) == Some("offline");
+    let first_report = e.meta.get("previous_status").and_then(|m| m.as_str()) == Some("unknown");
     match e.event_type.as_str() {
         // An offline rule has no value to speak of: say how long the server was silent.
         "alert.triggered" if offline => (
             "[{severity}] {rule} on {server}",
-            "{rule} is firing: {server} has not reported for {duration}.\n{link}",
+            "{rule} is firing: {server} stopped reporting.\n{link}",
         ),
         "alert.resolved" if offline => (
             "[resolved] {rule} on {server}",
@@ -59,6 +60,10 @@ fn default_template(e: &Event) -> (&'static str, &'static str) {
         "server.offline" => (
             "[{severity}] {server} is offline",
             "{server} stopped reporting ({time}).\n{link}",
+        ),
+        "server.online" if first_report => (
+            "{server} is online",
+            "{server} reported for the first time ({time}).\n{link}",
         ),
         "server.online" => (
             "{server} is online",
@@ -146,17 +151,34 @@ fn fill(template: &str, vars: &BTreeMap<&str, String>) -> String {
     out
 }
 
-/// Fill a template line by line; a line whose placeholders all came out empty (a link
-/// without a public URL) is dropped, blank lines written in the template stay.
+/// Fill a template line by line; a line with placeholders that all came out empty (`Link:
+/// {link}` without a public URL) is dropped, blank lines written in the template stay.
 fn fill_lines(template: &str, vars: &BTreeMap<&str, String>) -> String {
     template
         .split('\n')
-        .filter_map(|line| {
-            let filled = fill(line, vars);
-            (line.trim().is_empty() || !filled.trim().is_empty()).then_some(filled)
+        .filter(|line| {
+            let names = placeholders(line);
+            names.is_empty()
+                || names
+                    .iter()
+                    .any(|n| vars.get(n).is_some_and(|v| !v.trim().is_empty()))
         })
+        .map(|line| fill(line, vars))
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// The placeholder names in `text`.
+fn placeholders(text: &str) -> Vec<&str> {
+    let mut names = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find('{') {
+        let after = &rest[start + 1..];
+        let Some(end) = after.find('}') else { break };
+        names.push(&after[..end]);
+        rest = &after[end + 1..];
+    }
+    names
 }
 
 /// `95.3`, `2`, `0.25`: at most two decimals, no trailing zeros.
@@ -401,15 +423,12 @@ mod tests {
     }
 
     #[test]
-    fn an_offline_alert_says_how_long_the_server_was_silent() {
+    fn an_offline_alert_says_the_server_stopped_reporting() {
         let mut e = triggered("db-2", 1.0);
         e.meta.insert("metric".into(), "offline".into());
         e.meta.insert("rule_name".into(), "Server offline".into());
         let m = Renderer::default().render(&[e]);
-        assert_eq!(
-            m.body,
-            "Server offline is firing: db-2 has not reported for 5 min."
-        );
+        assert_eq!(m.body, "Server offline is firing: db-2 stopped reporting.");
     }
 
     #[test]
@@ -419,7 +438,7 @@ mod tests {
             "alert.triggered".to_string(),
             TemplateConfig {
                 subject: None,
-                body: Some("{server}\n\nvalue {value}\n{link}".into()),
+                body: Some("{server}\n\nvalue {value}\nLink: {link}".into()),
             },
         );
         let m = Renderer::new(o, "").render(&[triggered("db", 91.0)]);

@@ -188,7 +188,13 @@ fn effective_severity(e: &Event) -> Severity {
             .and_then(Value::as_str)
             .and_then(Severity::parse)
             .unwrap_or(e.severity),
-        "server.online" => EventType::ServerOffline.severity(),
+        // Back from offline: as serious as going offline. A first report is news, not a
+        // recovery.
+        "server.online"
+            if e.meta.get("previous_status").and_then(Value::as_str) == Some("offline") =>
+        {
+            EventType::ServerOffline.severity()
+        }
         _ => e.severity,
     }
 }
@@ -528,13 +534,20 @@ impl NotificationService {
             let rule_id = is_alert_event(event)
                 .then(|| event.meta.get("rule_id").and_then(Value::as_str))
                 .flatten();
-            let named = rule_id.and_then(|r| rule_channels.get(r));
+            // The channels the rule names: from the event (written while the rule existed,
+            // so a resolution after its deletion still goes there), else from the rule.
+            let from_event: Option<Vec<String>> = event
+                .meta
+                .get("channels")
+                .and_then(|c| serde_json::from_value(c.clone()).ok());
+            let named = from_event
+                .as_ref()
+                .or_else(|| rule_id.and_then(|r| rule_channels.get(r)));
             for (channel, routing) in &channels {
-                let subscribed = match named {
-                    // A rule that names its channels notifies those, and only those.
-                    Some(ids) => ids.contains(&channel.id),
-                    None => channel.wants(&event.event_type),
-                };
+                // A rule that names channels sends its alerts to those only; each channel still
+                // takes only the event types it subscribes to.
+                let subscribed = named.is_none_or(|ids| ids.contains(&channel.id))
+                    && channel.wants(&event.event_type);
                 if !subscribed || effective_severity(event) < routing.min_severity {
                     continue;
                 }

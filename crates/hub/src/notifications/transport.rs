@@ -196,41 +196,32 @@ impl Notifier {
             Ok(e) => e,
             Err(e) => return failed(e, Verdict::Failed),
         };
-        let mut sent = None;
-        for ip in &addresses {
-            let tls = match smtp_tls(*tls, host) {
-                Ok(t) => t,
-                Err(e) => return failed(e, Verdict::Failed),
-            };
-            let mut builder =
-                AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(ip.to_string())
-                    .port(*port)
-                    .tls(tls)
-                    .hello_name(ClientId::Domain(self.hello_name.clone()))
-                    .timeout(Some(timeout));
-            if let (Some(user), Some(pass)) = (username, password) {
-                builder = builder.credentials(Credentials::new(user.clone(), pass.clone()));
-            }
-            let mailer = builder.build();
-            // Resolving and sending together stay within twice the channel's timeout, well
-            // inside the job's lease, so a slow server can never have the job sent twice.
-            let budget = (timeout * 2).saturating_sub(started.elapsed());
-            let result = tokio::time::timeout(budget, mailer.send(email.clone())).await;
-            // Only "could not reach this address" moves on to the next one; an SMTP answer
-            // or a TLS failure would be the same there.
-            let unreachable = matches!(&result, Ok(Err(e))
-                if !e.is_response() && !e.is_tls() && !e.is_client());
-            sent = Some(result);
-            if !unreachable {
-                break;
-            }
-        }
-        let Some(sent) = sent else {
+        // The first vetted address that accepts a connection gets the message, once: moving
+        // on after an SMTP answer (a refused login) would repeat it, and after DATA could send
+        // the message twice.
+        let Some(ip) = first_reachable(&addresses, *port, timeout).await else {
             return failed(
-                format!("{host} has no address"),
+                format!("cannot connect to {host} port {port}"),
                 Verdict::Retry { after: None },
             );
         };
+        let tls = match smtp_tls(*tls, host) {
+            Ok(t) => t,
+            Err(e) => return failed(e, Verdict::Failed),
+        };
+        let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(ip.to_string())
+            .port(*port)
+            .tls(tls)
+            .hello_name(client_id(&self.hello_name))
+            .timeout(Some(timeout));
+        if let (Some(user), Some(pass)) = (username, password) {
+            builder = builder.credentials(Credentials::new(user.clone(), pass.clone()));
+        }
+        let mailer = builder.build();
+        // Resolving, connecting and sending stay within twice the channel's timeout, well
+        // inside the job's lease, so a slow server can never have the job sent twice.
+        let budget = (timeout * 2).saturating_sub(started.elapsed());
+        let sent = tokio::time::timeout(budget, mailer.send(email)).await;
         let duration_ms = started.elapsed().as_millis() as u64;
         match sent {
             Ok(Ok(response)) => Attempt {
@@ -263,6 +254,28 @@ impl Notifier {
                 duration_ms,
             },
         }
+    }
+}
+
+/// The first address that accepts a TCP connection on `port`, each tried for at most
+/// `timeout` / the number of addresses.
+async fn first_reachable(addresses: &[IpAddr], port: u16, timeout: Duration) -> Option<IpAddr> {
+    let each = timeout / u32::try_from(addresses.len().max(1)).unwrap_or(1);
+    for ip in addresses {
+        let connect = tokio::net::TcpStream::connect((*ip, port));
+        if let Ok(Ok(_)) = tokio::time::timeout(each, connect).await {
+            return Some(*ip);
+        }
+    }
+    None
+}
+
+/// The EHLO name: an address literal in brackets when the hub is known by an IP address.
+fn client_id(name: &str) -> ClientId {
+    match name.trim_matches(['[', ']']).parse::<IpAddr>() {
+        Ok(IpAddr::V4(ip)) => ClientId::Ipv4(ip),
+        Ok(IpAddr::V6(ip)) => ClientId::Ipv6(ip),
+        Err(_) => ClientId::Domain(name.to_string()),
     }
 }
 

@@ -129,10 +129,13 @@ async fn insert_job(
     group_key: Option<&str>,
     now: DateTime<Utc>,
 ) -> Result<bool> {
+    // A target deleted since the caller looked it up gets nothing (rather than failing the
+    // whole batch on the foreign key).
     let done = sqlx::query(
         "INSERT OR IGNORE INTO webhook_jobs (id, webhook_id, event_id, event_type, payload, attempt,
             next_attempt_at, locked_until, created_at, group_key)
-         VALUES (?, ?, ?, ?, ?, ?, ?, NULL, ?, ?)",
+         SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, NULL, ?8, ?9
+         WHERE EXISTS (SELECT 1 FROM webhooks WHERE id = ?2)",
     )
     .bind(&j.id)
     .bind(&j.webhook_id)
@@ -239,8 +242,12 @@ impl WebhookStore for SqliteStore {
             if let Some(row) = open {
                 let id: String = row.try_get("id")?;
                 let payload: String = row.try_get("payload")?;
-                let mut events: Vec<serde_json::Value> =
-                    serde_json::from_str(&payload).map_err(|_| corrupt("group payload", &id))?;
+                // An unreadable payload (never written so) is left alone: a new group opens.
+                let mut events: Vec<serde_json::Value> = serde_json::from_str(&payload)
+                    .unwrap_or_else(|_| {
+                        tracing::warn!(job = %id, "unreadable notification group; opening another");
+                        vec![serde_json::Value::Null; MAX_GROUP_EVENTS]
+                    });
                 if events.len() < MAX_GROUP_EVENTS {
                     // A re-dispatched event (after a crash) is already in its group.
                     if !events.iter().any(|e| e["event_id"] == event_id.as_str()) {
