@@ -162,9 +162,8 @@ impl Notifier {
         else {
             unreachable!("called for e-mail only")
         };
-        // The SSRF guard vets the SMTP server too; the connection goes to the vetted
-        // addresses (the name is kept for the certificate check), IPv4 first, the next one
-        // tried when one cannot be reached.
+        // The SSRF guard vets the SMTP server too: the connection goes to a vetted address
+        // (the name is kept for the certificate check).
         let policy = self.client.policy();
         let mut addresses: Vec<IpAddr> = match host.parse::<IpAddr>() {
             Ok(ip) => match policy.check_ip(ip) {
@@ -247,10 +246,7 @@ impl Notifier {
                 verdict: Verdict::Retry { after: None },
                 status_code: None,
                 response_body: None,
-                error: Some(format!(
-                    "SMTP timed out after {} s",
-                    (timeout * 3).as_secs()
-                )),
+                error: Some(format!("SMTP timed out after {} s", duration_ms / 1000)),
                 duration_ms,
             },
         }
