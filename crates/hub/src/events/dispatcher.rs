@@ -87,8 +87,10 @@ pub async fn run(
             // Webhook deliveries and notifications are durable jobs: queued before the events
             // can be marked.
             let events: Vec<_> = batch.iter().map(|(_, e)| e.clone()).collect();
-            store.enqueue_for_events(&events, Utc::now()).await?;
-            notifications.route(&events).await?;
+            let notes = notifications.route(&events).await?;
+            store
+                .enqueue_for_events(&events, &notes, Utc::now())
+                .await?;
             for (seq, event) in batch {
                 cursor = seq;
                 in_flight

@@ -499,10 +499,11 @@ impl NotificationService {
         self.store.deliveries(id, status, limit, offset).await
     }
 
-    /// Queue `events` for the channels whose routing takes them, each into its group.
-    pub async fn route(&self, events: &[Event]) -> Result<u64> {
+    /// The notifications `events` make: one item per event and channel whose routing takes
+    /// it, with its group. The dispatcher queues them with the events' webhook deliveries.
+    pub async fn route(&self, events: &[Event]) -> Result<Vec<NotificationItem>> {
         if events.is_empty() {
-            return Ok(0);
+            return Ok(Vec::new());
         }
         let channels: Vec<(WebhookRecord, Routing)> = self
             .store
@@ -516,7 +517,7 @@ impl NotificationService {
             })
             .collect();
         if channels.is_empty() {
-            return Ok(0);
+            return Ok(Vec::new());
         }
         // The channels each alert rule names (rules are few; read once per batch).
         let rule_channels: HashMap<String, Vec<String>> = if events.iter().any(is_alert_event) {
@@ -571,6 +572,6 @@ impl NotificationService {
                 });
             }
         }
-        self.store.enqueue_notifications(&items, Utc::now()).await
+        Ok(items)
     }
 }

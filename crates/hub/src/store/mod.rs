@@ -247,22 +247,23 @@ pub trait WebhookStore: Send + Sync {
     async fn list_webhooks(&self) -> Result<Vec<WebhookRecord>>;
     /// Every notification channel, oldest first.
     async fn list_channels(&self) -> Result<Vec<WebhookRecord>>;
-    /// Add each event to its channel's open group (a job gathering events until it falls due),
-    /// or open a group due after its window. Returns the events queued.
-    async fn enqueue_notifications(
-        &self,
-        items: &[NotificationItem],
-        now: DateTime<Utc>,
-    ) -> Result<u64>;
     /// Hand a claimed job back without an attempt, due again at `at` (a channel over its rate).
     async fn defer_job(&self, job_id: &str, at: DateTime<Utc>) -> Result<()>;
     /// Replace a webhook's fields; `NotFound` when it is gone.
     async fn update_webhook(&self, webhook: &WebhookRecord, event: &Event) -> Result<()>;
     /// Delete a webhook, its queue and its log; `NotFound` when it is gone.
     async fn delete_webhook(&self, id: &str, event: &Event) -> Result<()>;
-    /// Queue a delivery of each event to every enabled managed webhook that wants it (idempotent: a
-    /// delivery already queued for the same webhook and event is not queued twice).
-    async fn enqueue_for_events(&self, events: &[Event], now: DateTime<Utc>) -> Result<u64>;
+    /// In one transaction: queue a delivery of each event to every enabled managed webhook that
+    /// wants it (a delivery already queued for the same webhook and event is not queued twice),
+    /// and add each notification item to its channel's open group (a job gathering events
+    /// until it falls due), or open a group due after its window. Returns the jobs and events
+    /// queued.
+    async fn enqueue_for_events(
+        &self,
+        events: &[Event],
+        notifications: &[NotificationItem],
+        now: DateTime<Utc>,
+    ) -> Result<u64>;
     /// Queue one delivery; `Conflict` when the same event is already queued for the webhook.
     async fn enqueue_job(&self, job: &JobRecord) -> Result<()>;
     /// Lease the most overdue job of an enabled webhook with fewer than `per_webhook`

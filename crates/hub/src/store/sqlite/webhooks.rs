@@ -151,6 +151,66 @@ async fn insert_job(
     Ok(done.rows_affected() == 1)
 }
 
+/// Add each item to its channel's open group, or open a group due after its window.
+async fn append_notifications(
+    tx: &mut SqliteConnection,
+    items: &[NotificationItem],
+    now: DateTime<Utc>,
+) -> Result<u64> {
+    let mut queued = 0;
+    for item in items {
+        let event_id = item.event.event_id.to_string();
+        // The newest open group: when an older one is full, the one opened after it.
+        let open = sqlx::query(
+            "SELECT id, payload FROM webhook_jobs
+             WHERE webhook_id = ? AND group_key = ? AND attempt = 0 AND locked_until IS NULL
+               AND next_attempt_at > ?
+             ORDER BY next_attempt_at DESC LIMIT 1",
+        )
+        .bind(&item.channel_id)
+        .bind(&item.group_key)
+        .bind(ms(now))
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(row) = open {
+            let id: String = row.try_get("id")?;
+            let payload: String = row.try_get("payload")?;
+            // An unreadable payload (never written so) is left alone: a new group opens.
+            let mut events: Vec<serde_json::Value> =
+                serde_json::from_str(&payload).unwrap_or_else(|_| {
+                    tracing::warn!(job = %id, "unreadable notification group; opening another");
+                    vec![serde_json::Value::Null; MAX_GROUP_EVENTS]
+                });
+            if events.len() < MAX_GROUP_EVENTS {
+                // A re-dispatched event (after a crash) is already in its group.
+                if !events.iter().any(|e| e["event_id"] == event_id.as_str()) {
+                    events.push(serde_json::to_value(&item.event).map_err(anyhow::Error::from)?);
+                    sqlx::query("UPDATE webhook_jobs SET payload = ? WHERE id = ?")
+                        .bind(serde_json::to_string(&events).map_err(anyhow::Error::from)?)
+                        .bind(&id)
+                        .execute(&mut *tx)
+                        .await?;
+                    queued += 1;
+                }
+                continue;
+            }
+        }
+        let job = JobRecord {
+            id: Uuid::now_v7().to_string(),
+            webhook_id: item.channel_id.clone(),
+            event_id,
+            event_type: item.event.event_type.clone(),
+            payload: serde_json::to_string(&[&item.event]).map_err(anyhow::Error::from)?,
+            attempt: 0,
+            next_attempt_at: now + item.window,
+        };
+        if insert_job(tx, &job, Some(&item.group_key), now).await? {
+            queued += 1;
+        }
+    }
+    Ok(queued)
+}
+
 #[async_trait]
 impl WebhookStore for SqliteStore {
     async fn insert_webhook(&self, w: &WebhookRecord, event: &Event) -> Result<()> {
@@ -215,74 +275,6 @@ impl WebhookStore for SqliteStore {
         rows.iter().map(webhook_from_row).collect()
     }
 
-    async fn enqueue_notifications(
-        &self,
-        items: &[NotificationItem],
-        now: DateTime<Utc>,
-    ) -> Result<u64> {
-        if items.is_empty() {
-            return Ok(0);
-        }
-        let mut tx = self.write.begin().await?;
-        let mut queued = 0;
-        for item in items {
-            let event_id = item.event.event_id.to_string();
-            // The newest open group: when an older one is full, the one opened after it.
-            let open = sqlx::query(
-                "SELECT id, payload FROM webhook_jobs
-                 WHERE webhook_id = ? AND group_key = ? AND attempt = 0 AND locked_until IS NULL
-                   AND next_attempt_at > ?
-                 ORDER BY next_attempt_at DESC LIMIT 1",
-            )
-            .bind(&item.channel_id)
-            .bind(&item.group_key)
-            .bind(ms(now))
-            .fetch_optional(&mut *tx)
-            .await?;
-            if let Some(row) = open {
-                let id: String = row.try_get("id")?;
-                let payload: String = row.try_get("payload")?;
-                // An unreadable payload (never written so) is left alone: a new group opens.
-                let mut events: Vec<serde_json::Value> = serde_json::from_str(&payload)
-                    .unwrap_or_else(|_| {
-                        tracing::warn!(job = %id, "unreadable notification group; opening another");
-                        vec![serde_json::Value::Null; MAX_GROUP_EVENTS]
-                    });
-                if events.len() < MAX_GROUP_EVENTS {
-                    // A re-dispatched event (after a crash) is already in its group.
-                    if !events.iter().any(|e| e["event_id"] == event_id.as_str()) {
-                        events
-                            .push(serde_json::to_value(&item.event).map_err(anyhow::Error::from)?);
-                        sqlx::query("UPDATE webhook_jobs SET payload = ? WHERE id = ?")
-                            .bind(serde_json::to_string(&events).map_err(anyhow::Error::from)?)
-                            .bind(&id)
-                            .execute(&mut *tx)
-                            .await?;
-                        queued += 1;
-                    }
-                    continue;
-                }
-            }
-            let job = JobRecord {
-                id: Uuid::now_v7().to_string(),
-                webhook_id: item.channel_id.clone(),
-                event_id,
-                event_type: item.event.event_type.clone(),
-                payload: serde_json::to_string(&[&item.event]).map_err(anyhow::Error::from)?,
-                attempt: 0,
-                next_attempt_at: now + item.window,
-            };
-            if insert_job(&mut tx, &job, Some(&item.group_key), now).await? {
-                queued += 1;
-            }
-        }
-        tx.commit().await?;
-        if queued > 0 {
-            self.new_jobs.notify_waiters();
-        }
-        Ok(queued)
-    }
-
     async fn defer_job(&self, job_id: &str, at: DateTime<Utc>) -> Result<()> {
         sqlx::query(
             "UPDATE webhook_jobs SET locked_until = NULL, next_attempt_at = ? WHERE id = ?",
@@ -345,18 +337,25 @@ impl WebhookStore for SqliteStore {
         Ok(())
     }
 
-    async fn enqueue_for_events(&self, events: &[Event], now: DateTime<Utc>) -> Result<u64> {
+    async fn enqueue_for_events(
+        &self,
+        events: &[Event],
+        notifications: &[NotificationItem],
+        now: DateTime<Utc>,
+    ) -> Result<u64> {
         let webhooks: Vec<WebhookRecord> = self
             .list_webhooks()
             .await?
             .into_iter()
             .filter(|w| w.enabled)
             .collect();
-        if webhooks.is_empty() || events.is_empty() {
+        if (webhooks.is_empty() || events.is_empty()) && notifications.is_empty() {
             return Ok(0);
         }
+        // One transaction for both: a batch is queued whole or not at all, so retrying it
+        // never queues a managed delivery twice.
         let mut tx = self.write.begin().await?;
-        let mut queued = 0;
+        let mut queued = append_notifications(&mut tx, notifications, now).await?;
         for event in events {
             let payload = serde_json::to_string(event).map_err(anyhow::Error::from)?;
             for w in webhooks.iter().filter(|w| w.wants(&event.event_type)) {
@@ -814,7 +813,7 @@ mod tests {
         items.push(item("ch", "server.online", 30));
         // Dispatched again after a crash: an event already in its group is not added twice.
         items.push(items[0].clone());
-        assert_eq!(store.enqueue_notifications(&items, now).await.unwrap(), 6);
+        assert_eq!(store.enqueue_for_events(&[], &items, now).await.unwrap(), 6);
         assert_eq!(group_sizes(&jobs_of(&store, "ch").await), [1, 5]);
 
         // Both groups are due once the window has passed. The first claimed is deferred by
@@ -832,12 +831,12 @@ mod tests {
             .unwrap();
         let next = later + chrono::Duration::seconds(1);
         store
-            .enqueue_notifications(&[item("ch", "server.offline", 30)], next)
+            .enqueue_for_events(&[], &[item("ch", "server.offline", 30)], next)
             .await
             .unwrap();
         // The other group fell due unsent: closed, so a new event opens a new group.
         store
-            .enqueue_notifications(&[item("ch", "server.online", 30)], next)
+            .enqueue_for_events(&[], &[item("ch", "server.online", 30)], next)
             .await
             .unwrap();
         assert_eq!(group_sizes(&jobs_of(&store, "ch").await), [1, 1, 6]);
