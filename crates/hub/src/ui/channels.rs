@@ -1,6 +1,6 @@
 //! Settings → Notifications: the channels, a create dialog with each kind's settings, and per
-//! channel: its settings (secrets never shown), enable/disable, a test with the real outcome,
-//! delete, and its self-refreshing delivery log. Editing is the API's (`PUT`).
+//! channel: its settings (secrets never shown), an edit dialog, enable/disable, a test with
+//! the real outcome, delete, and its self-refreshing delivery log.
 
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -39,6 +39,11 @@ const KIND_FIELDS: &[(&str, &[Field])] = &[
         &[
             ("bot_token", "Bot token", "password"),
             ("chat_id", "Chat id or @channel", "text"),
+            (
+                "api_url",
+                "Bot API URL (empty: https://api.telegram.org)",
+                "url",
+            ),
         ],
     ),
     (
@@ -99,53 +104,148 @@ fn number(field: &str, raw: &str) -> Result<Option<u32>> {
     }
 }
 
-fn new_dialog(csrf: &Csrf, f: Option<&FormData>, error: Option<&str>) -> Markup {
-    let value = |name: &str| f.map(|f| f.get(name).to_string()).unwrap_or_default();
-    let kind = f.map(|f| f.get("kind")).unwrap_or("slack");
-    let ticked = |t: &str| match f {
-        Some(f) => f.all("event_types").iter().any(|x| x == t),
-        None => DEFAULT_EVENT_TYPES.iter().any(|d| d.as_str() == t),
-    };
+/// What a channel dialog shows: the values by input name, and the ticked event types.
+#[derive(Default)]
+struct DialogValues {
+    values: std::collections::HashMap<String, String>,
+    event_types: Vec<String>,
+}
+
+impl DialogValues {
+    /// What the user sent (a refused form comes back as typed).
+    fn typed(f: &FormData) -> DialogValues {
+        let mut values = std::collections::HashMap::new();
+        for name in [
+            "name",
+            "kind",
+            "min_severity",
+            "tags",
+            "group_window_secs",
+            "rate_limit_per_minute",
+        ] {
+            values.insert(name.to_string(), f.get(name).to_string());
+        }
+        for (kind, fields) in KIND_FIELDS {
+            for (field, _, _) in *fields {
+                let name = format!("{kind}.{field}");
+                values.insert(name.clone(), f.get(&name).to_string());
+            }
+        }
+        DialogValues {
+            values,
+            event_types: f.all("event_types"),
+        }
+    }
+
+    /// A new channel: the default event types.
+    fn fresh() -> DialogValues {
+        DialogValues {
+            values: [("kind".to_string(), "slack".to_string())].into(),
+            event_types: DEFAULT_EVENT_TYPES
+                .iter()
+                .map(|t| t.as_str().to_string())
+                .collect(),
+        }
+    }
+
+    /// A channel as it is (its secrets are not known here and stay blank).
+    fn of(c: &ChannelView) -> DialogValues {
+        let mut values: std::collections::HashMap<String, String> = [
+            ("name", c.name.clone()),
+            ("kind", c.kind.clone()),
+            ("min_severity", c.min_severity.as_str().to_string()),
+            ("tags", c.tags.join(", ")),
+            ("group_window_secs", c.group_window_secs.to_string()),
+            ("rate_limit_per_minute", c.rate_limit_per_minute.to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        if let Some(Value::Object(config)) = &c.config {
+            for (key, v) in config {
+                let text = match v {
+                    Value::String(s) if !s.ends_with('…') => s.clone(),
+                    Value::Array(items) => items
+                        .iter()
+                        .filter_map(Value::as_str)
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    Value::Number(n) => n.to_string(),
+                    _ => continue,
+                };
+                values.insert(format!("{}.{key}", c.kind), text);
+            }
+        }
+        DialogValues {
+            values,
+            event_types: c.event_types.clone(),
+        }
+    }
+
+    fn get(&self, name: &str) -> String {
+        self.values.get(name).cloned().unwrap_or_default()
+    }
+}
+
+/// The create dialog (any kind) or the edit dialog of one channel (its kind only; secrets
+/// left blank keep their stored values).
+fn channel_dialog(
+    csrf: &Csrf,
+    id: &str,
+    action: &str,
+    editing: bool,
+    v: &DialogValues,
+    error: Option<&str>,
+) -> Markup {
+    let kind = v.get("kind");
+    let field_id = |name: &str| format!("{id}-{}", name.replace('.', "-"));
     html! {
-        dialog #channel-new aria-labelledby="channel-new-title" data-open-on-load[error.is_some()] {
-            form.dialog method="post" action="/settings/notifications" {
-                h2 #channel-new-title { "New notification channel" }
+        dialog id=(id) aria-labelledby={ (id) "-title" } data-open-on-load[error.is_some()] {
+            form.dialog method="post" action=(action) {
+                h2 id={ (id) "-title" } { @if editing { "Edit " (v.get("name")) } @else { "New notification channel" } }
                 @if let Some(e) = error { p.error role="alert" { (e) } }
                 (csrf.field())
-                label for="channel-name" { "Name" }
-                input #channel-name name="name" required maxlength="100" value=(value("name"));
-                label for="channel-kind" { "Kind" }
-                select #channel-kind name="kind" {
-                    @for k in KINDS { option value=(k) selected[*k == kind] { (k) } }
+                label for=(field_id("name")) { "Name" }
+                input id=(field_id("name")) name="name" required maxlength="100" value=(v.get("name"));
+                @if editing {
+                    input type="hidden" name="kind" value=(kind);
+                    p.muted { "Secret settings left blank keep their stored values, unless the destination changes." }
+                } @else {
+                    label for=(field_id("kind")) { "Kind" }
+                    select id=(field_id("kind")) name="kind" {
+                        @for k in KINDS { option value=(k) selected[*k == kind] { (k) } }
+                    }
+                    p.muted { "Fill in the settings of the kind you chose; the others are ignored. See docs/NOTIFICATIONS.md for how to get each URL or token." }
                 }
-                p.muted { "Fill in the settings of the kind you chose; the others are ignored. See docs/NOTIFICATIONS.md for how to get each URL or token." }
                 @for (k, fields) in KIND_FIELDS {
-                    fieldset.kind {
-                        legend { (k) }
-                        @for (field, label, kind_of_input) in *fields {
-                            @let id = format!("channel-{k}-{field}");
-                            label for=(id) { (label) }
-                            input id=(id) name={ (k) "." (field) } type=(kind_of_input) autocomplete="off"
-                                value=(if *kind_of_input == "password" { String::new() } else { value(&format!("{k}.{field}")) });
+                    @if !editing || *k == kind {
+                        fieldset.kind {
+                            legend { (k) }
+                            @for (field, label, input_type) in *fields {
+                                @let name = format!("{k}.{field}");
+                                label for=(field_id(&name)) { (label) }
+                                input id=(field_id(&name)) name=(name) type=(input_type) autocomplete="off"
+                                    value=(if *input_type == "password" { String::new() } else { v.get(&name) });
+                            }
                         }
                     }
                 }
                 fieldset.types {
                     legend { "Event types" }
                     @for t in EventType::ALL {
-                        label.check { input type="checkbox" name="event_types" value=(t.as_str()) checked[ticked(t.as_str())]; " " (t.as_str()) }
+                        label.check { input type="checkbox" name="event_types" value=(t.as_str()) checked[v.event_types.iter().any(|x| x == t.as_str())]; " " (t.as_str()) }
                     }
                 }
-                label for="channel-severity" { "Minimum severity" }
-                select #channel-severity name="min_severity" {
-                    @for s in ["info", "warning", "error", "critical"] { option value=(s) selected[value("min_severity") == s] { (s) } }
+                label for=(field_id("severity")) { "Minimum severity" }
+                select id=(field_id("severity")) name="min_severity" {
+                    @for s in ["info", "warning", "error", "critical"] { option value=(s) selected[v.get("min_severity") == s] { (s) } }
                 }
-                label for="channel-tags" { "Only servers tagged (comma-separated; empty: all)" }
-                input #channel-tags name="tags" value=(value("tags"));
-                label for="channel-window" { "Group window, s (0-3600; empty: the default)" }
-                input #channel-window name="group_window_secs" inputmode="numeric" value=(value("group_window_secs"));
-                label for="channel-rate" { "Messages per minute at most (empty: the default)" }
-                input #channel-rate name="rate_limit_per_minute" inputmode="numeric" value=(value("rate_limit_per_minute"));
+                label for=(field_id("tags")) { "Only servers tagged (comma-separated; empty: all)" }
+                input id=(field_id("tags")) name="tags" value=(v.get("tags"));
+                label for=(field_id("window")) { "Group window, s (0-3600; empty: the default)" }
+                input id=(field_id("window")) name="group_window_secs" inputmode="numeric" value=(v.get("group_window_secs"));
+                label for=(field_id("rate")) { "Messages per minute at most (empty: the default)" }
+                input id=(field_id("rate")) name="rate_limit_per_minute" inputmode="numeric" value=(v.get("rate_limit_per_minute"));
                 div.actions {
                     button type="submit" { "Save" }
                     button type="button" data-close { "Cancel" }
@@ -153,6 +253,15 @@ fn new_dialog(csrf: &Csrf, f: Option<&FormData>, error: Option<&str>) -> Markup 
             }
         }
     }
+}
+
+fn tags_of(f: &FormData) -> Vec<String> {
+    f.get("tags")
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(String::from)
+        .collect()
 }
 
 fn status_badge(c: &ChannelView) -> Markup {
@@ -194,7 +303,9 @@ async fn list_page(
         h1 { "Notification channels" }
         p { "Alerts and events to e-mail, Slack, Discord, Teams, Telegram, ntfy or a webhook, grouped and paced (see docs/NOTIFICATIONS.md)." }
         button type="button" data-open="channel-new" { "New channel" }
-        (new_dialog(csrf, failed.as_ref().map(|(f, _)| *f), failed.as_ref().map(|(_, e)| e.as_str())))
+        (channel_dialog(csrf, "channel-new", "/settings/notifications", false,
+            &failed.as_ref().map(|(f, _)| DialogValues::typed(f)).unwrap_or_else(DialogValues::fresh),
+            failed.as_ref().map(|(_, e)| e.as_str())))
         div.scroll { table #channels {
             caption { (views.len()) " channels" }
             thead { tr {
@@ -236,13 +347,7 @@ pub async fn create(
     }
     let created = async {
         let kind = f.get("kind").to_string();
-        let tags: Vec<String> = f
-            .get("tags")
-            .split(',')
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .map(String::from)
-            .collect();
+        let tags = tags_of(&f);
         let new = NewChannel {
             name: f.get("name").into(),
             config: config_from(&f, &kind),
@@ -276,7 +381,54 @@ pub async fn show(
     if let Some(refused) = user.refuse_unless(Permission::ManageNotifications) {
         return refused;
     }
-    detail_page(&state, &user, &csrf, &id, None).await
+    detail_page(&state, &user, &csrf, &id, None, None).await
+}
+
+/// `POST /settings/notifications/{id}`: edit. Secret settings left blank keep their values
+/// (the API's rule); `enabled` is not part of the form, so an edit never flips it.
+pub async fn update(
+    State(state): State<AppState>,
+    user: PageUser,
+    csrf: Csrf,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    f: FormData,
+) -> Response {
+    if let Some(refused) = refuse_form(&headers, &f, &user, Permission::ManageNotifications) {
+        return refused;
+    }
+    let updated = async {
+        let kind = f.get("kind").to_string();
+        let patch = ChannelPatch {
+            name: Some(f.get("name").into()),
+            config: Some(config_from(&f, &kind)),
+            kind: Some(kind),
+            event_types: Some(f.all("event_types")),
+            min_severity: Some(f.get("min_severity").to_string()).filter(|s| !s.is_empty()),
+            tags: Some(tags_of(&f)),
+            group_window_secs: number("group_window_secs", f.get("group_window_secs"))?,
+            rate_limit_per_minute: number("rate_limit_per_minute", f.get("rate_limit_per_minute"))?,
+            ..Default::default()
+        };
+        state.notifications.update(&user.0.origin, &id, patch).await
+    }
+    .await;
+    match updated {
+        Ok(_) => Redirect::to(&format!("/settings/notifications/{id}")).into_response(),
+        Err(Error::NotFound(what)) => error_page(Error::NotFound(what), &Nav::of(&user.0), &csrf),
+        Err(e) => {
+            let status = e.status();
+            detail_page(
+                &state,
+                &user,
+                &csrf,
+                &id,
+                None,
+                Some((&f, e.to_string(), status)),
+            )
+            .await
+        }
+    }
 }
 
 async fn detail_page(
@@ -285,6 +437,7 @@ async fn detail_page(
     csrf: &Csrf,
     id: &str,
     test: Option<TestOutcome>,
+    failed: Option<(&FormData, String, StatusCode)>,
 ) -> Response {
     let nav = Nav::of(&user.0);
     let loaded = async {
@@ -330,6 +483,7 @@ async fn detail_page(
             dt { "Pending" } dd { (c.pending_deliveries) }
         }
         div.actions {
+            button type="button" data-open="channel-edit" { "Edit" }
             form method="post" action={ (base) "/enabled" } {
                 (csrf.field())
                 input type="hidden" name="enabled" value=(if c.enabled { "false" } else { "true" });
@@ -344,13 +498,13 @@ async fn detail_page(
                 button.danger type="submit" { "Delete" }
             }
         }
+        (channel_dialog(csrf, "channel-edit", &base, true,
+            &failed.as_ref().map(|(f, _, _)| DialogValues::typed(f)).unwrap_or_else(|| DialogValues::of(&c)),
+            failed.as_ref().map(|(_, e, _)| e.as_str())))
         (deliveries_panel(&base, &rows, total, None))
     };
-    page(
-        csrf,
-        StatusCode::OK,
-        layout::page(&c.name, &nav, csrf, body),
-    )
+    let status = failed.map_or(StatusCode::OK, |(_, _, s)| s);
+    page(csrf, status, layout::page(&c.name, &nav, csrf, body))
 }
 
 /// `GET /settings/notifications/{id}/deliveries`: the panel alone, for its refresh.
@@ -416,7 +570,7 @@ pub async fn test(
     }
     .await;
     match outcome {
-        Ok(t) => detail_page(&state, &user, &csrf, &id, Some(t)).await,
+        Ok(t) => detail_page(&state, &user, &csrf, &id, Some(t), None).await,
         Err(e) => error_page(e, &Nav::of(&user.0), &csrf),
     }
 }

@@ -77,7 +77,10 @@ pub fn router() -> Router<AppState> {
             "/settings/notifications",
             get(channels::list).post(channels::create),
         )
-        .route("/settings/notifications/{id}", get(channels::show))
+        .route(
+            "/settings/notifications/{id}",
+            get(channels::show).post(channels::update),
+        )
         .route(
             "/settings/notifications/{id}/enabled",
             post(channels::set_enabled),

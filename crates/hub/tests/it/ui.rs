@@ -539,6 +539,48 @@ async fn a_notification_channel_is_created_tested_and_deleted_from_its_pages() {
         !detail.body.contains("pagesecret"),
         "the URL's token is never shown"
     );
+    // Edit in the dialog: the URL (a secret) left blank stays; a bad window is explained.
+    let bad = b
+        .post(
+            &path,
+            &[
+                ("csrf", &csrf),
+                ("kind", "slack"),
+                ("name", "ops room"),
+                ("event_types", "alert.triggered"),
+                ("group_window_secs", "5000"),
+            ],
+        )
+        .await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    assert!(
+        bad.body
+            .contains("group_window_secs: must be between 0 and 3600"),
+        "{}",
+        bad.body
+    );
+    assert!(
+        bad.body.contains(r#"value="ops room""#),
+        "what was typed stays"
+    );
+    let edited = b
+        .post(
+            &path,
+            &[
+                ("csrf", &csrf),
+                ("kind", "slack"),
+                ("name", "ops room"),
+                ("event_types", "alert.triggered"),
+                ("event_types", "alert.resolved"),
+                ("min_severity", "error"),
+                ("group_window_secs", "10"),
+            ],
+        )
+        .await;
+    assert_eq!(edited.status, StatusCode::SEE_OTHER, "{}", edited.body);
+    let detail = b.get(&path).await;
+    assert!(detail.body.contains("<h1>ops room"), "{}", detail.body);
+    assert!(detail.body.contains("10 s window"));
     let tested = b.post(&format!("{path}/test"), &[("csrf", &csrf)]).await;
     assert!(tested.body.contains("Test sent: 200"), "{}", tested.body);
     let got = receiver.received();
