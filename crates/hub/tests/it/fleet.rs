@@ -142,12 +142,17 @@ async fn killing_the_agent_takes_the_server_offline_and_restarting_it_brings_it_
 
     let _agent = AgentProcess::start(&hub.base, &token, &[]);
     wait_online(&hub, &id, Duration::from_secs(6)).await;
-    let online = hub.events("event_type=server.online").await;
-    assert_eq!(
-        online.len(),
-        2,
-        "online at first, and again after the outage"
-    );
+    // The status flips in memory as the report arrives; its event is in the log once the
+    // report's batch is committed, a moment later.
+    let online = eventually(
+        Duration::from_secs(5),
+        "online at first, and again after the outage",
+        || async {
+            let online = hub.events("event_type=server.online").await;
+            (online.len() == 2).then_some(online)
+        },
+    )
+    .await;
     assert_eq!(online[0]["meta"]["previous_status"], "offline");
 }
 
