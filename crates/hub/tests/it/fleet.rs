@@ -98,13 +98,17 @@ async fn a_real_agent_brings_its_server_online_with_metrics_and_inventory() {
     let (_, list) = hub.get("/api/servers", &hub.admin_token).await;
     assert!(!list.to_string().contains(&token));
 
-    let (status, inv) = hub
-        .get(
-            &format!("/api/servers/{id}/inventory/latest"),
-            &hub.admin_token,
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{inv}");
+    // The inventory is read from the database: there once the first report is committed.
+    let inv = eventually(Duration::from_secs(5), "the inventory", || async {
+        let (status, inv) = hub
+            .get(
+                &format!("/api/servers/{id}/inventory/latest"),
+                &hub.admin_token,
+            )
+            .await;
+        (status == StatusCode::OK).then_some(inv)
+    })
+    .await;
     assert!(!inv["inventory"]["hostname"].as_str().unwrap().is_empty());
     assert!(inv["inventory"]["cpu_threads"].as_u64().unwrap() >= 1);
 
