@@ -47,11 +47,6 @@ impl Notifier {
         }
     }
 
-    /// The renderer.
-    pub fn renderer(&self) -> &Renderer {
-        &self.renderer
-    }
-
     /// `None` when the channel may send now (and counts this send), else how long to wait.
     pub fn admit(&self, channel_id: &str, per_minute: u32) -> Option<Duration> {
         let now = Instant::now();
@@ -64,7 +59,8 @@ impl Notifier {
         {
             times.pop_front();
         }
-        if times.len() >= per_minute as usize {
+        // At least one a minute, whatever a stored routing says (0 would never send).
+        if times.len() >= per_minute.max(1) as usize {
             let oldest = *times.front().expect("full");
             return Some(minute.saturating_sub(now.duration_since(oldest)));
         }

@@ -6,7 +6,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use maud::{Markup, html};
 
 use super::layout::{self, Nav, ago};
-use super::{Csrf, FormData, PageUser, error_page, page, refuse_form};
+use super::{Csrf, FormData, PageUser, error_page, page, redirect_or_error, refuse_form};
 use crate::alerts::{AlertQuery, AlertView, RuleInput, RuleView};
 use crate::app::AppState;
 use crate::auth::roles::Permission;
@@ -110,10 +110,12 @@ pub async fn acknowledge(
     if let Some(refused) = refuse_form(&headers, &f, &user, Permission::ManageAlerts) {
         return refused;
     }
-    match state.alerts.acknowledge(&user.0.origin, &id).await {
-        Ok(_) => Redirect::to("/alerts").into_response(),
-        Err(e) => error_page(e, &Nav::of(&user.0), &csrf),
-    }
+    redirect_or_error(
+        state.alerts.acknowledge(&user.0.origin, &id).await,
+        "/alerts",
+        &user,
+        &csrf,
+    )
 }
 
 /// The rule form's values, from a rule or from what the user typed.
@@ -401,8 +403,10 @@ pub async fn delete_rule(
     if let Some(refused) = refuse_form(&headers, &f, &user, Permission::ManageAlerts) {
         return refused;
     }
-    match state.alerts.delete(&user.0.origin, &id).await {
-        Ok(()) => Redirect::to("/alerts/rules").into_response(),
-        Err(e) => error_page(e, &Nav::of(&user.0), &csrf),
-    }
+    redirect_or_error(
+        state.alerts.delete(&user.0.origin, &id).await,
+        "/alerts/rules",
+        &user,
+        &csrf,
+    )
 }

@@ -10,7 +10,7 @@ use serde_json::{Map, Value, json};
 
 use super::layout::{self, Nav, ago};
 use super::webhooks::deliveries_panel;
-use super::{Csrf, FormData, PageUser, error_page, page, refuse_form};
+use super::{Csrf, FormData, PageUser, error_page, page, redirect_or_error, refuse_form};
 use crate::app::AppState;
 use crate::auth::roles::Permission;
 use crate::error::{Error, Result};
@@ -546,10 +546,12 @@ pub async fn set_enabled(
         enabled: Some(f.get("enabled") == "true"),
         ..Default::default()
     };
-    match state.notifications.update(&user.0.origin, &id, patch).await {
-        Ok(_) => Redirect::to(&format!("/settings/notifications/{id}")).into_response(),
-        Err(e) => error_page(e, &Nav::of(&user.0), &csrf),
-    }
+    redirect_or_error(
+        state.notifications.update(&user.0.origin, &id, patch).await,
+        &format!("/settings/notifications/{id}"),
+        &user,
+        &csrf,
+    )
 }
 
 /// `POST /settings/notifications/{id}/test`.
@@ -587,8 +589,10 @@ pub async fn delete(
     if let Some(refused) = refuse_form(&headers, &f, &user, Permission::ManageNotifications) {
         return refused;
     }
-    match state.notifications.delete(&user.0.origin, &id).await {
-        Ok(()) => Redirect::to("/settings/notifications").into_response(),
-        Err(e) => error_page(e, &Nav::of(&user.0), &csrf),
-    }
+    redirect_or_error(
+        state.notifications.delete(&user.0.origin, &id).await,
+        "/settings/notifications",
+        &user,
+        &csrf,
+    )
 }

@@ -376,6 +376,19 @@ impl PageUser {
     }
 }
 
+/// After a form post: on success go to `to`, else show the error as a page.
+pub fn redirect_or_error<T>(
+    done: crate::error::Result<T>,
+    to: &str,
+    user: &PageUser,
+    csrf: &Csrf,
+) -> Response {
+    match done {
+        Ok(_) => Redirect::to(to).into_response(),
+        Err(e) => error_page(e, &Nav::of(&user.0), csrf),
+    }
+}
+
 /// An error as a page: validation messages as they are, the rest as the API says them.
 pub fn error_page(e: Error, nav: &Nav, csrf: &Csrf) -> Response {
     let status = e.status();

@@ -3,12 +3,12 @@
 
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Redirect, Response};
+use axum::response::Response;
 use maud::html;
 use serde::Deserialize;
 
 use super::layout::{self, Nav, ago, status};
-use super::{Csrf, FormData, PageUser, error_page, page, refuse_form};
+use super::{Csrf, FormData, PageUser, error_page, page, redirect_or_error, refuse_form};
 use crate::app::AppState;
 use crate::auth::roles::Permission;
 use crate::store::TaskStatus;
@@ -163,8 +163,10 @@ pub async fn cancel(
     if let Some(refused) = refuse_form(&headers, &f, &user, Permission::RunTasks) {
         return refused;
     }
-    match state.tasks.cancel(&user.0, &id).await {
-        Ok(_) => Redirect::to(&format!("/tasks/{id}")).into_response(),
-        Err(e) => error_page(e, &Nav::of(&user.0), &csrf),
-    }
+    redirect_or_error(
+        state.tasks.cancel(&user.0, &id).await,
+        &format!("/tasks/{id}"),
+        &user,
+        &csrf,
+    )
 }

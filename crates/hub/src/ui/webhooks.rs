@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use maud::{Markup, html};
 
 use super::layout::{self, Nav, ago};
-use super::{Csrf, FormData, PageUser, error_page, page, refuse_form};
+use super::{Csrf, FormData, PageUser, error_page, page, redirect_or_error, refuse_form};
 use crate::app::AppState;
 use crate::auth::roles::Permission;
 use crate::error::{Error, Result};
@@ -465,10 +465,12 @@ pub async fn set_enabled(
         enabled: Some(f.get("enabled") == "true"),
         ..Default::default()
     };
-    match state.webhooks.update(&user.0.origin, &id, patch).await {
-        Ok(_) => Redirect::to(&format!("/settings/webhooks/{id}")).into_response(),
-        Err(e) => error_page(e, &Nav::of(&user.0), &csrf),
-    }
+    redirect_or_error(
+        state.webhooks.update(&user.0.origin, &id, patch).await,
+        &format!("/settings/webhooks/{id}"),
+        &user,
+        &csrf,
+    )
 }
 
 /// `POST /settings/webhooks/{id}/test`: the real outcome, on the webhook's page.
@@ -517,10 +519,12 @@ pub async fn delete(
     if let Some(refused) = refuse_form(&headers, &f, &user, Permission::ManageWebhooks) {
         return refused;
     }
-    match state.webhooks.delete(&user.0.origin, &id).await {
-        Ok(()) => Redirect::to("/settings/webhooks").into_response(),
-        Err(e) => error_page(e, &Nav::of(&user.0), &csrf),
-    }
+    redirect_or_error(
+        state.webhooks.delete(&user.0.origin, &id).await,
+        "/settings/webhooks",
+        &user,
+        &csrf,
+    )
 }
 
 /// `POST /settings/webhooks/{id}/deliveries/{delivery}/redeliver`.
@@ -535,8 +539,10 @@ pub async fn redeliver(
     if let Some(refused) = refuse_form(&headers, &f, &user, Permission::ManageWebhooks) {
         return refused;
     }
-    match state.webhooks.redeliver(&id, &delivery).await {
-        Ok(_) => Redirect::to(&format!("/settings/webhooks/{id}#deliveries")).into_response(),
-        Err(e) => error_page(e, &Nav::of(&user.0), &csrf),
-    }
+    redirect_or_error(
+        state.webhooks.redeliver(&id, &delivery).await,
+        &format!("/settings/webhooks/{id}#deliveries"),
+        &user,
+        &csrf,
+    )
 }
