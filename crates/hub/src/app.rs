@@ -21,7 +21,6 @@ use crate::notifications::{NotificationService, Notifier};
 use crate::plugins::{PluginContext, PluginDeps, PluginManager, PluginRegistry};
 use crate::secrets::SecretBox;
 use crate::store::Store;
-use crate::store::sqlite::SqliteStore;
 use crate::system::SystemService;
 use crate::tasks::TaskService;
 use crate::users::{FirstAdmin, UserService};
@@ -52,8 +51,7 @@ pub struct AppState {
 /// Open the configured store and apply migrations.
 pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
     let url = config.effective_database_url();
-    let store = SqliteStore::open(&url).await.map_err(with_cause)?;
-    Ok(Arc::new(store))
+    crate::store::open(&url).await.map_err(with_cause)
 }
 
 /// The name the hub gives SMTP servers: the public URL's host, else the machine's name.

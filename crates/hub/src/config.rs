@@ -486,9 +486,11 @@ impl Config {
                 self.log_format
             ));
         }
-        if !self.database_url.is_empty() && !self.database_url.starts_with("sqlite:") {
+        if !self.database_url.is_empty()
+            && crate::store::Backend::of_url(&self.database_url).is_none()
+        {
             return invalid(format!(
-                "database_url: only sqlite: URLs are supported by this build, got {:?}",
+                "database_url: {:?} is neither a sqlite: nor a postgres:// URL",
                 redact_url(&self.database_url)
             ));
         }

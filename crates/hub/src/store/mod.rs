@@ -3,7 +3,42 @@
 //! Every method that changes state takes the [`Event`] describing the change and writes it in
 //! the same transaction, so the event log never misses or invents a change.
 
+pub mod postgres;
 pub mod sqlite;
+
+/// The database kinds a hub can use, named by their URL's scheme.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// `sqlite://path`: one hub, the default.
+    Sqlite,
+    /// `postgres://` or `postgresql://`: one or several hubs.
+    Postgres,
+}
+
+impl Backend {
+    /// The backend a database URL names, if any.
+    pub fn of_url(url: &str) -> Option<Backend> {
+        if url.starts_with("sqlite:") {
+            Some(Backend::Sqlite)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Some(Backend::Postgres)
+        } else {
+            None
+        }
+    }
+}
+
+/// Open the store a database URL names, applying its pending migrations.
+pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
+    match Backend::of_url(url) {
+        Some(Backend::Sqlite) => Ok(Arc::new(sqlite::SqliteStore::open(url).await?)),
+        Some(Backend::Postgres) => Ok(Arc::new(postgres::PgStore::open(url).await?)),
+        None => Err(crate::error::Error::BadRequest(format!(
+            "{:?} is neither a sqlite: nor a postgres:// URL",
+            crate::config::redact_url(url)
+        ))),
+    }
+}
 
 use std::sync::Arc;
 
@@ -267,11 +302,13 @@ pub trait WebhookStore: Send + Sync {
     /// Queue one delivery; `Conflict` when the same event is already queued for the webhook.
     async fn enqueue_job(&self, job: &JobRecord) -> Result<()>;
     /// Lease the most overdue job of an enabled webhook with fewer than `per_webhook`
-    /// deliveries in progress.
+    /// deliveries in progress. The lease lasts twice the webhook's timeout (an e-mail may
+    /// connect, then send) plus `lease_margin`, so it outlives the attempt: no other worker or
+    /// hub takes the job while it runs, and a crashed hub's jobs come back soon after.
     async fn claim_job(
         &self,
         now: DateTime<Utc>,
-        lease_until: DateTime<Utc>,
+        lease_margin: std::time::Duration,
         per_webhook: usize,
     ) -> Result<Option<(JobRecord, WebhookRecord)>>;
     /// Record an attempt and its effects in one transaction.
@@ -299,7 +336,8 @@ pub trait WebhookStore: Send + Sync {
     async fn pending_jobs(&self, webhook_id: &str) -> Result<u64>;
     /// When the next queued job falls due, if any.
     async fn next_due(&self) -> Result<Option<DateTime<Utc>>>;
-    /// Drop every lease (a single hub at start: leases of a crashed run are stale).
+    /// Drop the leases a previous run of this hub left (SQLite: one hub, so all of them;
+    /// PostgreSQL: none, since other hubs may hold them and leases expire).
     async fn release_leases(&self) -> Result<u64>;
     /// Delete log rows delivered before `before`.
     async fn prune_deliveries(&self, before: DateTime<Utc>) -> Result<u64>;
@@ -434,6 +472,33 @@ impl Tier {
             Tier::Raw => "raw",
             Tier::Minute => "1m",
             Tier::Hour => "1h",
+        }
+    }
+}
+
+/// Where each tier lives, the same on every backend.
+impl Tier {
+    pub(crate) fn table(self) -> &'static str {
+        match self {
+            Tier::Raw => "metrics_raw",
+            Tier::Minute => "metrics_1m",
+            Tier::Hour => "metrics_1h",
+        }
+    }
+
+    /// A rollup bucket's width in ms (a raw point is its own).
+    pub(crate) fn width_ms(self) -> i64 {
+        match self {
+            Tier::Raw => 1,
+            Tier::Minute => 60_000,
+            Tier::Hour => 3_600_000,
+        }
+    }
+
+    pub(crate) fn time_column(self) -> &'static str {
+        match self {
+            Tier::Raw => "ts",
+            _ => "bucket",
         }
     }
 }

@@ -28,8 +28,8 @@ use crate::wire::{opt_rfc3339_millis, rfc3339_millis};
 const MAX_GRACE_SECS: u64 = 7 * 24 * 3600;
 /// Shown (and logged as the delivery error) when a stored secret cannot be decrypted.
 const UNREADABLE_SECRET: &str = "the stored secret cannot be decrypted: restore the secret key (SMON_SECRET_KEY or secret.key) or set a new secret";
-/// A claimed job is leased this long (longer than the longest attempt).
-const LEASE: Duration = Duration::from_secs(90);
+/// A claimed job is leased this much longer than its longest attempt.
+const LEASE_MARGIN: Duration = Duration::from_secs(10);
 
 /// A new webhook.
 #[derive(Deserialize, ToSchema)]
@@ -757,10 +757,9 @@ impl WebhookService {
     /// Claim one due job and make one attempt. `false` when nothing was due.
     pub async fn deliver_next(&self) -> Result<bool> {
         let now = Utc::now();
-        let lease = now + chrono::Duration::from_std(LEASE).expect("small");
         let Some((job, w)) = self
             .store
-            .claim_job(now, lease, self.config.per_webhook_concurrency)
+            .claim_job(now, LEASE_MARGIN, self.config.per_webhook_concurrency)
             .await?
         else {
             return Ok(false);

@@ -16,34 +16,6 @@ use crate::store::{
     FleetStore, FleetWrite, HistoryPoint, MetricValues, ServerRecord, ServerStatus, Tier,
 };
 
-const MINUTE_MS: i64 = 60_000;
-const HOUR_MS: i64 = 3_600_000;
-
-impl Tier {
-    fn table(self) -> &'static str {
-        match self {
-            Tier::Raw => "metrics_raw",
-            Tier::Minute => "metrics_1m",
-            Tier::Hour => "metrics_1h",
-        }
-    }
-
-    /// A rollup bucket's width in ms (a raw point is its own).
-    fn width_ms(self) -> i64 {
-        match self {
-            Tier::Raw => 1,
-            Tier::Minute => MINUTE_MS,
-            Tier::Hour => HOUR_MS,
-        }
-    }
-
-    fn time_column(self) -> &'static str {
-        match self {
-            Tier::Raw => "ts",
-            _ => "bucket",
-        }
-    }
-}
 
 fn server_from_row(row: &SqliteRow) -> Result<ServerRecord> {
     let tags: String = row.try_get("tags")?;

@@ -393,21 +393,23 @@ impl WebhookStore for SqliteStore {
     async fn claim_job(
         &self,
         now: DateTime<Utc>,
-        lease_until: DateTime<Utc>,
+        lease_margin: std::time::Duration,
         per_webhook: usize,
     ) -> Result<Option<(JobRecord, WebhookRecord)>> {
         let row = sqlx::query(
-            "UPDATE webhook_jobs SET locked_until = ?1 WHERE id = (
+            "UPDATE webhook_jobs SET locked_until = ?1 + ?2
+                + 2000 * (SELECT timeout FROM webhooks w WHERE w.id = webhook_jobs.webhook_id)
+             WHERE id = (
                 SELECT j.id FROM webhook_jobs j JOIN webhooks w ON w.id = j.webhook_id
-                WHERE w.enabled AND j.next_attempt_at <= ?2
-                  AND (j.locked_until IS NULL OR j.locked_until <= ?2)
+                WHERE w.enabled AND j.next_attempt_at <= ?1
+                  AND (j.locked_until IS NULL OR j.locked_until <= ?1)
                   AND (SELECT COUNT(*) FROM webhook_jobs k
-                       WHERE k.webhook_id = j.webhook_id AND k.locked_until > ?2) < ?3
+                       WHERE k.webhook_id = j.webhook_id AND k.locked_until > ?1) < ?3
                 ORDER BY j.next_attempt_at, j.id LIMIT 1)
              RETURNING *",
         )
-        .bind(ms(lease_until))
         .bind(ms(now))
+        .bind(i64::try_from(lease_margin.as_millis()).unwrap_or(i64::MAX / 2))
         .bind(per_webhook as i64)
         .fetch_optional(&self.write)
         .await?;
@@ -820,7 +822,7 @@ mod tests {
         // the rate limit: it is open again and keeps gathering its group's events.
         let later = now + chrono::Duration::seconds(31);
         let (claimed, _) = store
-            .claim_job(later, later + chrono::Duration::seconds(90), 4)
+            .claim_job(later, std::time::Duration::from_secs(90), 4)
             .await
             .unwrap()
             .expect("a due job");

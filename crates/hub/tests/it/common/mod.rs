@@ -1,8 +1,10 @@
-//! The shared harness: a real hub on port 0 with a temporary SQLite file, and HTTP helpers.
+//! The shared harness: a real hub on port 0 with a temporary SQLite file (or a fresh
+//! PostgreSQL database), and HTTP helpers.
 
 #![allow(dead_code)]
 
 pub mod agent;
+pub mod pg;
 pub mod process;
 pub mod receiver;
 
@@ -82,6 +84,9 @@ impl TestHub {
     /// A hub on an existing data directory (to test restarts).
     pub async fn start_in(dir: TempDir, adjust: impl FnOnce(&mut Config)) -> TestHub {
         let mut config = test_config(dir.path());
+        if pg::suite_on_postgres() {
+            config.database_url = pg::fresh_database().await;
+        }
         adjust(&mut config);
         let hub = Hub::start(config).await.expect("hub starts");
         Self::start_hub(hub, Some(dir)).await

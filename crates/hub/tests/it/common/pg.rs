@@ -1,0 +1,35 @@
+//! PostgreSQL for tests: a fresh database per hub (or per group of hubs sharing one).
+//!
+//! The server is `SMON_TEST_POSTGRES` (default `postgres://postgres@127.0.0.1:5432/postgres`),
+//! which `.ci/run` provides. Tests that need it are `#[ignore]`d in plain `cargo test`.
+//! `SMON_TEST_BACKEND=postgres` runs every hub of the suite on PostgreSQL too.
+
+use sqlx::Connection;
+
+/// The server's maintenance URL.
+pub fn server_url() -> String {
+    std::env::var("SMON_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// Whether every test hub should use PostgreSQL.
+pub fn suite_on_postgres() -> bool {
+    std::env::var("SMON_TEST_BACKEND").is_ok_and(|b| b == "postgres")
+}
+
+/// Create an empty database and return its URL. Databases are named `smon_test_<uuid>`;
+/// they are left behind for post-mortems (`.ci/run` drops them at the end).
+pub async fn fresh_database() -> String {
+    let server = server_url();
+    let name = format!("smon_test_{}", uuid::Uuid::now_v7().simple());
+    let mut conn = sqlx::PgConnection::connect(&server)
+        .await
+        .unwrap_or_else(|e| panic!("PostgreSQL at {server} is needed by this test: {e}"));
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut conn)
+        .await
+        .expect("create a test database");
+    let _ = conn.close().await;
+    let base = server.rsplit_once('/').map_or(server.as_str(), |(b, _)| b);
+    format!("{base}/{name}")
+}
