@@ -194,7 +194,18 @@ impl Hub {
             config: Arc::new(config),
         };
         let shutdown = CancellationToken::new();
+        // Taken before the loops start, so a hub alone leads from its first tick.
+        let leadership = crate::leader::Leadership::new();
+        leadership.renew(store.as_ref()).await;
         let mut workers = vec![
+            (
+                "leader-lease",
+                tokio::spawn(crate::leader::run(
+                    leadership.clone(),
+                    store.clone(),
+                    shutdown.clone(),
+                )),
+            ),
             (
                 "auth-housekeeping",
                 spawn_housekeeping(state.auth.clone(), state.limits.clone(), shutdown.clone()),
@@ -208,6 +219,7 @@ impl Hub {
             "fleet-offline-detector",
             tokio::spawn(crate::fleet::workers::run_offline_detector(
                 fleet.clone(),
+                leadership.clone(),
                 shutdown.clone(),
             )),
         ));
@@ -216,6 +228,7 @@ impl Hub {
             tokio::spawn(crate::alerts::run_evaluator(
                 alerts.clone(),
                 observations,
+                leadership.clone(),
                 shutdown.clone(),
             )),
         ));
@@ -223,6 +236,7 @@ impl Hub {
             "task-reconciler",
             tokio::spawn(crate::tasks::run_reconciler(
                 tasks.clone(),
+                leadership.clone(),
                 shutdown.clone(),
             )),
         ));
@@ -263,6 +277,7 @@ impl Hub {
             store.clone(),
             plugins.clone(),
             notifications,
+            leadership,
             shutdown.clone(),
         ));
 

@@ -87,6 +87,12 @@ impl Error {
 
 impl From<sqlx::Error> for Error {
     fn from(e: sqlx::Error) -> Self {
+        // PostgreSQL text cannot hold NUL (SQLite stores it): the client's input, not a fault.
+        if let sqlx::Error::Database(d) = &e
+            && d.code().as_deref() == Some("22021")
+        {
+            return Error::BadRequest("text must not contain NUL characters (\\u0000)".into());
+        }
         Error::Internal(anyhow::Error::new(e).context("database"))
     }
 }

@@ -9,6 +9,7 @@ pub mod config;
 pub mod error;
 pub mod events;
 pub mod fleet;
+pub mod leader;
 pub mod local_agent;
 pub mod metrics;
 pub mod notifications;

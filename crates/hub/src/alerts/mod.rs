@@ -963,6 +963,7 @@ impl AlertService {
 pub async fn run_evaluator(
     alerts: AlertService,
     mut observations: Observations,
+    leadership: std::sync::Arc<crate::leader::Leadership>,
     shutdown: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
@@ -971,10 +972,15 @@ pub async fn run_evaluator(
         // Not biased: a backlog of reports must not starve the sweep and the offline tick.
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            Some(o) = observations.changes.recv() => alerts.observe(o).await,
-            Some(o) = observations.reports.recv() => alerts.observe(o).await,
-            _ = sweep.tick() => alerts.sweep().await,
-            _ = tick.tick() => alerts.tick(Utc::now()).await,
+            // Another hub leads: what this one observes is read and left to it.
+            Some(o) = observations.changes.recv() => if leadership.is_leader() {
+                alerts.observe(o).await
+            },
+            Some(o) = observations.reports.recv() => if leadership.is_leader() {
+                alerts.observe(o).await
+            },
+            _ = sweep.tick(), if leadership.is_leader() => alerts.sweep().await,
+            _ = tick.tick(), if leadership.is_leader() => alerts.tick(Utc::now()).await,
         }
     }
 }

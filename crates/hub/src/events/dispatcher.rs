@@ -10,6 +10,7 @@ use std::time::Duration;
 use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 
+use crate::leader::Leadership;
 use crate::notifications::NotificationService;
 use crate::plugins::PluginManager;
 use crate::plugins::manager::Completion;
@@ -21,7 +22,8 @@ const BATCH: u32 = 256;
 /// plugin's oldest events are marked dispatched anyway (with a warning), so that one plugin can
 /// never stall the others: bounded memory, at the price of at-most-once for that plugin.
 const MAX_IN_FLIGHT: usize = 65_536;
-/// Poll interval for events written by other processes (the CLI) that send no signal.
+/// Poll interval for events written by other processes (the CLI, other hubs) that send no
+/// signal.
 const IDLE_POLL: Duration = Duration::from_secs(1);
 
 /// Events handed to the plugins and not yet marked dispatched, in log order.
@@ -71,6 +73,7 @@ pub async fn run(
     store: Arc<dyn Store>,
     plugins: Arc<PluginManager>,
     notifications: NotificationService,
+    leadership: Arc<Leadership>,
     shutdown: CancellationToken,
 ) -> InFlight {
     let new_events = store.event_signal();
@@ -78,6 +81,17 @@ pub async fn run(
     let mut cursor: i64 = 0;
     let mut in_flight = InFlight::default();
     while !shutdown.is_cancelled() {
+        if !leadership.is_leader() {
+            // Another hub dispatches; this one finishes marking what it handed out before.
+            if let Err(e) = in_flight.mark_finished(store.as_ref()).await {
+                tracing::warn!(error = %e, "event dispatcher: database error; retrying");
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                _ = tokio::time::sleep(IDLE_POLL) => {}
+            }
+            continue;
+        }
         let mut more_waiting = false;
         let step: crate::error::Result<()> = async {
             in_flight.mark_finished(store.as_ref()).await?;

@@ -8,13 +8,17 @@ use tokio_util::sync::CancellationToken;
 use super::FleetService;
 
 /// Check every second for servers that stopped reporting.
-pub async fn run_offline_detector(fleet: FleetService, shutdown: CancellationToken) {
+pub async fn run_offline_detector(
+    fleet: FleetService,
+    leadership: std::sync::Arc<crate::leader::Leadership>,
+    shutdown: CancellationToken,
+) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            _ = tick.tick() => {
+            _ = tick.tick(), if leadership.is_leader() => {
                 let n = fleet.detect_offline().await;
                 if n > 0 {
                     tracing::info!(servers = n, "servers went offline");

@@ -776,4 +776,15 @@ pub trait Store:
     async fn queue_depths(&self) -> Result<QueueDepths>;
     /// Close every connection, finishing in-flight statements.
     async fn close(&self);
+    /// Take or renew the lease `name` for `holder` until `until`; true when `holder` has it
+    /// (it was free, expired at `now`, or already `holder`'s).
+    async fn try_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<bool>;
+    /// Give the lease up if `holder` has it (a clean stop hands over at once).
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<()>;
 }

@@ -637,14 +637,18 @@ impl Drop for KeepOpen<'_> {
 }
 
 /// Every 10 seconds, mark running tasks whose result never came as interrupted.
-pub async fn run_reconciler(tasks: TaskService, shutdown: tokio_util::sync::CancellationToken) {
+pub async fn run_reconciler(
+    tasks: TaskService,
+    leadership: std::sync::Arc<crate::leader::Leadership>,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
     // Often enough for the grace period to mean what it says.
     let every = tasks.grace.num_seconds().clamp(1, 10) as u64;
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(every));
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            _ = tick.tick() => match tasks.reconcile(Utc::now()).await {
+            _ = tick.tick(), if leadership.is_leader() => match tasks.reconcile(Utc::now()).await {
                 Ok(0) => {}
                 Ok(n) => tracing::warn!(tasks = n, "tasks failed: no result within their timeout, or never picked up"),
                 Err(e) => tracing::warn!(error = %e, "task reconciliation failed"),

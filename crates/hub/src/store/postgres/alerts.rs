@@ -104,7 +104,7 @@ impl AlertStore for PgStore {
     }
 
     async fn insert_rule(&self, r: &RuleRecord, event: &Event) -> Result<()> {
-        let mut tx = self.write.begin().await?;
+        let mut tx = self.begin_events().await?;
         sqlx::query(
             "INSERT INTO alert_rules (id, name, metric, mount, comparison, threshold,
                 recovery_threshold, for_secs, severity, scope, scope_value, enabled, created_by,
@@ -137,7 +137,7 @@ impl AlertStore for PgStore {
     }
 
     async fn update_rule(&self, r: &RuleRecord, event: &Event) -> Result<()> {
-        let mut tx = self.write.begin().await?;
+        let mut tx = self.begin_events().await?;
         let done = sqlx::query(
             "UPDATE alert_rules SET name = $1, metric = $2, mount = $3, comparison = $4, threshold = $5,
                 recovery_threshold = $6, for_secs = $7, severity = $8, scope = $9, scope_value = $10,
@@ -171,7 +171,7 @@ impl AlertStore for PgStore {
     }
 
     async fn delete_rule(&self, id: &str, event: &Event) -> Result<()> {
-        let mut tx = self.write.begin().await?;
+        let mut tx = self.begin_events().await?;
         let done = sqlx::query("DELETE FROM alert_rules WHERE id = $1")
             .bind(id)
             .execute(&mut *tx)
@@ -186,7 +186,7 @@ impl AlertStore for PgStore {
     }
 
     async fn insert_alert(&self, a: &AlertRecord, event: &Event) -> Result<bool> {
-        let mut tx = self.write.begin().await?;
+        let mut tx = self.begin_events().await?;
         let inserted = sqlx::query(
             "INSERT INTO alerts (id, rule_id, rule_name, server_id, server_name, metric, severity,
                 status, value, threshold, pending_since, fired_at)
@@ -216,7 +216,7 @@ impl AlertStore for PgStore {
     }
 
     async fn resolve_alert(&self, a: &AlertRecord, event: &Event) -> Result<bool> {
-        let mut tx = self.write.begin().await?;
+        let mut tx = self.begin_events().await?;
         let done = sqlx::query(
             "UPDATE alerts SET status = 'resolved', resolved_at = $1, resolved_value = $2,
                 resolution = $3
@@ -274,7 +274,7 @@ impl AlertStore for PgStore {
         at: DateTime<Utc>,
         event: &Event,
     ) -> Result<bool> {
-        let mut tx = self.write.begin().await?;
+        let mut tx = self.begin_events().await?;
         let done = sqlx::query(
             "UPDATE alerts SET acknowledged_by = $1, acknowledged_at = $2
              WHERE id = $3 AND acknowledged_at IS NULL",

@@ -170,7 +170,7 @@ async fn upsert_buckets(conn: &mut PgConnection, sql: &str, buckets: &Buckets) -
 #[async_trait]
 impl FleetStore for PgStore {
     async fn insert_server(&self, s: &ServerRecord, event: &Event) -> Result<i64> {
-        let mut tx = self.write.begin().await?;
+        let mut tx = self.begin_events().await?;
         let seq = sqlx::query(
             "INSERT INTO servers (id, name, description, tags, token_hash, is_local, interval_secs,
                 status, created_by, created_at, updated_at)
@@ -205,7 +205,7 @@ impl FleetStore for PgStore {
     }
 
     async fn update_server(&self, s: &ServerRecord, event: &Event) -> Result<()> {
-        let mut tx = self.write.begin().await?;
+        let mut tx = self.begin_events().await?;
         let done = sqlx::query(
             "UPDATE servers SET name = $1, description = $2, tags = $3, token_hash = $4,
                 interval_secs = $5, updated_at = $6 WHERE seq = $7",
@@ -230,7 +230,7 @@ impl FleetStore for PgStore {
     }
 
     async fn delete_server(&self, seq: i64, event: &Event) -> Result<()> {
-        let mut tx = self.write.begin().await?;
+        let mut tx = self.begin_events().await?;
         // Tasks are keyed by the server's id, so they go while the row still says which.
         sqlx::query("DELETE FROM tasks WHERE server_id = (SELECT id FROM servers WHERE seq = $1)")
             .bind(seq)
@@ -261,7 +261,11 @@ impl FleetStore for PgStore {
         let mut minutes = Buckets::new();
         let mut hours = Buckets::new();
         let mut wrote_event = false;
-        let mut tx = self.write.begin().await?;
+        let mut tx = if writes.iter().any(|w| matches!(w, FleetWrite::Status { .. })) {
+            self.begin_events().await?
+        } else {
+            self.write.begin().await?
+        };
         for write in writes {
             match write {
                 FleetWrite::Report(r) => {

@@ -36,6 +36,8 @@ const POOL_SIZE: u32 = 16;
 
 /// Advisory lock key held by every transaction that appends to the event log ("smonevnt").
 const EVENT_LOG_LOCK: i64 = 0x736d_6f6e_6576_6e74;
+/// Advisory lock key held by every change that could take away the last admin ("smonadmn").
+const ADMINS_LOCK: i64 = 0x736d_6f6e_6164_6d6e;
 
 /// The PostgreSQL store. `read` and `write` are one pool: the names keep the statements the
 /// same as the SQLite backend's, where they are two.
@@ -92,6 +94,17 @@ impl PgStore {
 }
 
 impl PgStore {
+    /// A transaction that will append events: it takes the event log's lock before any row
+    /// lock, so event-writing transactions queue on that one lock and never deadlock on rows.
+    async fn begin_events(&self) -> Result<sqlx::Transaction<'static, Postgres>> {
+        let mut tx = self.write.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(EVENT_LOG_LOCK)
+            .execute(&mut *tx)
+            .await?;
+        Ok(tx)
+    }
+
     /// After a commit that wrote events: wake the dispatcher, and let caches of event reads
     /// know.
     fn events_committed(&self) {
@@ -212,7 +225,14 @@ async fn insert_event(conn: &mut PgConnection, e: &Event) -> Result<()> {
     Ok(())
 }
 
+/// Counts the enabled admins. Taken first in every change to users, the lock it holds until
+/// commit serialises those changes: two admins demoting each other at once cannot both see
+/// the other still an admin.
 async fn enabled_admins(conn: &mut PgConnection) -> Result<i64> {
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(ADMINS_LOCK)
+        .execute(&mut *conn)
+        .await?;
     let n = sqlx::query_scalar("SELECT COUNT(*) FROM users WHERE role = 'admin' AND enabled")
         .fetch_one(conn)
         .await?;
@@ -245,7 +265,7 @@ impl UserStore for PgStore {
     }
 
     async fn insert_user(&self, u: &UserRecord, event: &Event) -> Result<()> {
-        let mut tx = self.write.begin().await?;
+        let mut tx = self.begin_events().await?;
         let inserted = sqlx::query(
             "INSERT INTO users (id, username, email, role, enabled, password_hash, created_at,
                 updated_at, last_login_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
@@ -300,7 +320,7 @@ impl UserStore for PgStore {
         revoke_sessions: bool,
         event: &Event,
     ) -> Result<()> {
-        let mut tx = self.write.begin().await?;
+        let mut tx = self.begin_events().await?;
         let admins_before = enabled_admins(&mut tx).await?;
         let updated = sqlx::query(
             "UPDATE users SET username = $1, email = $2, role = $3, enabled = $4, password_hash = $5,
@@ -336,7 +356,7 @@ impl UserStore for PgStore {
     }
 
     async fn delete_user(&self, id: &str, event: &Event) -> Result<()> {
-        let mut tx = self.write.begin().await?;
+        let mut tx = self.begin_events().await?;
         let admins_before = enabled_admins(&mut tx).await?;
         let deleted = sqlx::query("DELETE FROM users WHERE id = $1")
             .bind(id)
@@ -356,7 +376,7 @@ impl UserStore for PgStore {
 #[async_trait]
 impl TokenStore for PgStore {
     async fn insert_token(&self, t: &TokenRecord, event: &Event) -> Result<()> {
-        let mut tx = self.write.begin().await?;
+        let mut tx = self.begin_events().await?;
         sqlx::query(
             "INSERT INTO auth_tokens (id, user_id, kind, name, token_hash, created_at,
                 last_used_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
@@ -423,7 +443,7 @@ impl TokenStore for PgStore {
     }
 
     async fn delete_token(&self, user_id: &str, token_id: &str, event: &Event) -> Result<bool> {
-        let mut tx = self.write.begin().await?;
+        let mut tx = self.begin_events().await?;
         let deleted = sqlx::query("DELETE FROM auth_tokens WHERE id = $1 AND user_id = $2")
             .bind(token_id)
             .bind(user_id)
@@ -493,7 +513,7 @@ fn push_event_filter(q: &mut QueryBuilder<'_, Postgres>, f: &EventFilter) {
 #[async_trait]
 impl EventStore for PgStore {
     async fn append_event(&self, event: &Event) -> Result<()> {
-        let mut tx = self.write.begin().await?;
+        let mut tx = self.begin_events().await?;
         insert_event(&mut tx, event).await?;
         tx.commit().await?;
         self.events_committed();
@@ -542,6 +562,18 @@ impl EventStore for PgStore {
     }
 
     async fn query_events(&self, f: &EventFilter) -> Result<(Vec<Event>, u64)> {
+        // PostgreSQL text holds no NUL, so such a filter matches nothing (and cannot be bound).
+        let filters = [
+            &f.user_id,
+            &f.username,
+            &f.event_type,
+            &f.target_type,
+            &f.target_id,
+            &f.server_id,
+        ];
+        if filters.iter().any(|v| v.as_ref().is_some_and(|v| v.contains('\0'))) {
+            return Ok((Vec::new(), 0));
+        }
         let mut q = QueryBuilder::new("SELECT * FROM events");
         push_event_filter(&mut q, f);
         q.push(" ORDER BY seq DESC LIMIT ")
@@ -602,5 +634,37 @@ impl Store for PgStore {
     async fn close(&self) {
         self.read.close().await;
         self.write.close().await;
+    }
+
+    async fn try_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<bool> {
+        let row = sqlx::query(
+            "INSERT INTO hub_leases (name, holder, expires_at) VALUES ($1, $2, $3)
+             ON CONFLICT (name) DO UPDATE SET holder = excluded.holder,
+                expires_at = excluded.expires_at
+             WHERE hub_leases.holder = excluded.holder OR hub_leases.expires_at <= $4
+             RETURNING holder",
+        )
+        .bind(name)
+        .bind(holder)
+        .bind(ms(until))
+        .bind(ms(now))
+        .fetch_optional(&self.write)
+        .await?;
+        Ok(row.is_some())
+    }
+
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<()> {
+        sqlx::query("DELETE FROM hub_leases WHERE name = $1 AND holder = $2")
+            .bind(name)
+            .bind(holder)
+            .execute(&self.write)
+            .await?;
+        Ok(())
     }
 }

@@ -76,7 +76,7 @@ impl PgStore {
 #[async_trait]
 impl TaskStore for PgStore {
     async fn insert_tasks(&self, tasks: &[(TaskRecord, Event)]) -> Result<()> {
-        let mut tx = self.write.begin().await?;
+        let mut tx = self.begin_events().await?;
         for (t, event) in tasks {
             sqlx::query(
                 "INSERT INTO tasks (id, server_id, command, timeout_secs, store_output, status,
@@ -175,7 +175,7 @@ impl TaskStore for PgStore {
         expected: TaskStatus,
         event: Option<&Event>,
     ) -> Result<bool> {
-        let mut tx = self.write.begin().await?;
+        let mut tx = self.begin_events().await?;
         let done = sqlx::query(
             "UPDATE tasks SET status = $1, cancel_requested = $2, cancelled_by = $3, started_at = $4,
                 finished_at = $5, exit_code = $6, stdout = $7, stderr = $8, output_truncated = $9,

@@ -215,7 +215,7 @@ async fn append_notifications(
 #[async_trait]
 impl WebhookStore for PgStore {
     async fn insert_webhook(&self, w: &WebhookRecord, event: &Event) -> Result<()> {
-        let mut tx = self.write.begin().await?;
+        let mut tx = self.begin_events().await?;
         sqlx::query(
             "INSERT INTO webhooks (id, name, url, secret, previous_secret, previous_secret_expires_at,
                 enabled, event_types, retry_max, timeout, created_by, created_at, updated_at,
@@ -288,7 +288,7 @@ impl WebhookStore for PgStore {
     }
 
     async fn update_webhook(&self, w: &WebhookRecord, event: &Event) -> Result<()> {
-        let mut tx = self.write.begin().await?;
+        let mut tx = self.begin_events().await?;
         let done = sqlx::query(
             "UPDATE webhooks SET name = $1, url = $2, secret = $3, previous_secret = $4,
                 previous_secret_expires_at = $5, enabled = $6, event_types = $7, retry_max = $8,
@@ -324,7 +324,7 @@ impl WebhookStore for PgStore {
     }
 
     async fn delete_webhook(&self, id: &str, event: &Event) -> Result<()> {
-        let mut tx = self.write.begin().await?;
+        let mut tx = self.begin_events().await?;
         let done = sqlx::query("DELETE FROM webhooks WHERE id = $1")
             .bind(id)
             .execute(&mut *tx)
@@ -448,7 +448,7 @@ impl WebhookStore for PgStore {
     }
 
     async fn record_test(&self, delivery: &DeliveryRecord, event: &Event) -> Result<()> {
-        let mut tx = self.write.begin().await?;
+        let mut tx = self.begin_events().await?;
         insert_event(&mut tx, event).await?;
         sqlx::query("UPDATE events SET dispatched_at = ts WHERE event_id = $1")
             .bind(event.event_id.to_string())
@@ -616,7 +616,11 @@ fn settle(store: &PgStore, batch: Vec<Finish>, result: Result<(bool, bool)>) {
 }
 
 async fn finish_batch(store: &PgStore, batch: &[Finish]) -> Result<(bool, bool)> {
-    let mut tx = store.write.begin().await?;
+    let mut tx = if batch.iter().any(|f| f.disable.is_some()) {
+        store.begin_events().await?
+    } else {
+        store.write.begin().await?
+    };
     let (mut wrote_event, mut retrying) = (false, false);
     for f in batch {
         insert_delivery(&mut tx, &f.delivery).await?;

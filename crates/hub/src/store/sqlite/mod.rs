@@ -617,6 +617,38 @@ impl Store for SqliteStore {
         self.read.close().await;
         self.write.close().await;
     }
+
+    /// One hub per SQLite database: it takes the lease whoever had it (the previous run of
+    /// this hub, killed before it could resign).
+    async fn try_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        _now: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<bool> {
+        let row = sqlx::query(
+            "INSERT INTO hub_leases (name, holder, expires_at) VALUES (?1, ?2, ?3)
+             ON CONFLICT (name) DO UPDATE SET holder = excluded.holder,
+                expires_at = excluded.expires_at
+             RETURNING holder",
+        )
+        .bind(name)
+        .bind(holder)
+        .bind(ms(until))
+        .fetch_optional(&self.write)
+        .await?;
+        Ok(row.is_some())
+    }
+
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<()> {
+        sqlx::query("DELETE FROM hub_leases WHERE name = ?1 AND holder = ?2")
+            .bind(name)
+            .bind(holder)
+            .execute(&self.write)
+            .await?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -85,7 +85,7 @@ impl TestHub {
     pub async fn start_in(dir: TempDir, adjust: impl FnOnce(&mut Config)) -> TestHub {
         let mut config = test_config(dir.path());
         if pg::suite_on_postgres() {
-            config.database_url = pg::fresh_database().await;
+            config.database_url = pg::database_of(dir.path()).await;
         }
         adjust(&mut config);
         let hub = Hub::start(config).await.expect("hub starts");

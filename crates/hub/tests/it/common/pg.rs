@@ -33,3 +33,15 @@ pub async fn fresh_database() -> String {
     let base = server.rsplit_once('/').map_or(server.as_str(), |(b, _)| b);
     format!("{base}/{name}")
 }
+
+/// The database of a test's data directory: made on first use and remembered in the
+/// directory, so a hub restarted on it finds its data.
+pub async fn database_of(dir: &std::path::Path) -> String {
+    let file = dir.join("postgres-url");
+    if let Ok(url) = std::fs::read_to_string(&file) {
+        return url;
+    }
+    let url = fresh_database().await;
+    std::fs::write(&file, &url).expect("remember the test database");
+    url
+}
