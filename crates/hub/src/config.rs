@@ -300,7 +300,8 @@ impl Default for PluginsConfig {
 pub struct WebhooksConfig {
     /// CIDRs exempt from the SSRF guard (e.g. `10.0.0.0/8` for a receiver on the LAN).
     pub allow_cidrs: Vec<String>,
-    /// Delivery workers (deliveries in progress at once, all webhooks together).
+    /// Delivery workers (deliveries in progress at once, all webhooks together). 0 makes a hub
+    /// that delivers nothing, leaving the queue to the other hubs on its database.
     pub workers: usize,
     /// Deliveries in progress at once to any one webhook.
     pub per_webhook_concurrency: usize,
@@ -508,10 +509,9 @@ impl Config {
             );
         }
         let w = &self.webhooks;
-        if w.workers == 0 || w.per_webhook_concurrency == 0 || w.retry_base_secs == 0 {
+        if w.per_webhook_concurrency == 0 || w.retry_base_secs == 0 {
             return invalid(
-                "webhooks: workers, per_webhook_concurrency and retry_base_secs must be at least 1"
-                    .into(),
+                "webhooks: per_webhook_concurrency and retry_base_secs must be at least 1".into(),
             );
         }
         if w.retry_cap_secs < w.retry_base_secs {

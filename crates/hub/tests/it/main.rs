@@ -15,6 +15,7 @@ mod notifications;
 mod plugins;
 mod ratelimits;
 mod roles;
+mod scaleout;
 mod tasks;
 mod ui;
 mod users;

@@ -3,11 +3,9 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::postgres::PgRow;
-use sqlx::{QueryBuilder, Row, Postgres};
+use sqlx::{Postgres, QueryBuilder, Row};
 
-use super::{
-    PgStore, conflict_if_taken, corrupt, from_ms, insert_event, is_unique_violation, ms,
-};
+use super::{PgStore, conflict_if_taken, corrupt, from_ms, insert_event, is_unique_violation, ms};
 use crate::error::{Error, Result};
 use crate::events::{Event, Severity};
 use crate::store::{AlertFilter, AlertRecord, AlertStore, RuleRecord};

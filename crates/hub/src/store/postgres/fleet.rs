@@ -6,7 +6,7 @@ use std::sync::OnceLock;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::postgres::PgRow;
-use sqlx::{Row, PgConnection};
+use sqlx::{PgConnection, Row};
 
 use super::{PgStore, conflict_if_taken, corrupt, from_ms, insert_event, ms};
 use crate::error::{Error, Result};
@@ -15,7 +15,6 @@ use crate::fleet::metric::Metric;
 use crate::store::{
     FleetStore, FleetWrite, HistoryPoint, MetricValues, ServerRecord, ServerStatus, Tier,
 };
-
 
 fn server_from_row(row: &PgRow) -> Result<ServerRecord> {
     let tags: String = row.try_get("tags")?;
@@ -65,7 +64,9 @@ fn statements() -> &'static Statements {
         );
         let upsert = |table: &str| {
             let mut columns = vec!["seq".to_string(), "bucket".into(), "last_ts".into()];
-            let mut updates = vec![format!("last_ts = GREATEST({table}.last_ts, excluded.last_ts)")];
+            let mut updates = vec![format!(
+                "last_ts = GREATEST({table}.last_ts, excluded.last_ts)"
+            )];
             for m in &names {
                 for part in ["min", "max", "sum", "n", "last"] {
                     columns.push(format!("{m}_{part}"));
@@ -103,7 +104,10 @@ fn statements() -> &'static Statements {
 
 /// `$1, $2, …, $n`.
 fn placeholders(n: usize) -> String {
-    (1..=n).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
+    (1..=n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// One metric's summary within a bucket.
@@ -261,7 +265,10 @@ impl FleetStore for PgStore {
         let mut minutes = Buckets::new();
         let mut hours = Buckets::new();
         let mut wrote_event = false;
-        let mut tx = if writes.iter().any(|w| matches!(w, FleetWrite::Status { .. })) {
+        let mut tx = if writes
+            .iter()
+            .any(|w| matches!(w, FleetWrite::Status { .. }))
+        {
             self.begin_events().await?
         } else {
             self.write.begin().await?

@@ -57,9 +57,9 @@ impl PgStore {
     /// Connect to the database at `url` and apply pending migrations (several hubs starting
     /// at once are serialised by sqlx's migration lock).
     pub async fn open(url: &str) -> Result<Self> {
-        let options: PgConnectOptions = url
-            .parse()
-            .with_context(|| format!("invalid PostgreSQL URL {}", crate::config::redact_url(url)))?;
+        let options: PgConnectOptions = url.parse().with_context(|| {
+            format!("invalid PostgreSQL URL {}", crate::config::redact_url(url))
+        })?;
         let pool = PgPoolOptions::new()
             .max_connections(POOL_SIZE)
             .acquire_timeout(Duration::from_secs(10))
@@ -571,7 +571,10 @@ impl EventStore for PgStore {
             &f.target_id,
             &f.server_id,
         ];
-        if filters.iter().any(|v| v.as_ref().is_some_and(|v| v.contains('\0'))) {
+        if filters
+            .iter()
+            .any(|v| v.as_ref().is_some_and(|v| v.contains('\0')))
+        {
             return Ok((Vec::new(), 0));
         }
         let mut q = QueryBuilder::new("SELECT * FROM events");

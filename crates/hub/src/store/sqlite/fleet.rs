@@ -16,7 +16,6 @@ use crate::store::{
     FleetStore, FleetWrite, HistoryPoint, MetricValues, ServerRecord, ServerStatus, Tier,
 };
 
-
 fn server_from_row(row: &SqliteRow) -> Result<ServerRecord> {
     let tags: String = row.try_get("tags")?;
     let status: String = row.try_get("status")?;
