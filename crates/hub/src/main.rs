@@ -42,6 +42,16 @@ enum Command {
     },
     /// Print every configuration key with its environment variable and default.
     Config,
+    /// Copy a stopped hub's SQLite database into a new PostgreSQL database, in one transaction,
+    /// and check the copy by counting every table on both sides.
+    MigrateData {
+        /// The SQLite database, e.g. sqlite:///var/lib/smon/smon.db.
+        #[arg(long)]
+        from: String,
+        /// An empty PostgreSQL database, e.g. postgres://smon:secret@db.example/smon.
+        #[arg(long)]
+        to: String,
+    },
     /// Print the OpenAPI document (the committed docs/openapi.json).
     Openapi,
 }
@@ -124,7 +134,36 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let config = Config::load(cli.config.as_deref())?;
             user_command(config, action).await
         }
+        Command::MigrateData { from, to } => migrate_data(&from, &to).await,
     }
+}
+
+async fn migrate_data(from: &str, to: &str) -> anyhow::Result<()> {
+    let counts = smon_hub::store::migrate::sqlite_to_postgres(from, to)
+        .await
+        .map_err(smon_hub::app::with_cause)?;
+    println!("{:<20} {:>12} {:>12}", "table", "sqlite", "postgres");
+    for c in &counts {
+        println!("{:<20} {:>12} {:>12}", c.table, c.source, c.target);
+    }
+    let wrong: Vec<&str> = counts
+        .iter()
+        .filter(|c| c.source != c.target)
+        .map(|c| c.table)
+        .collect();
+    if !wrong.is_empty() {
+        bail!(
+            "the copy does not match the source in: {}",
+            wrong.join(", ")
+        );
+    }
+    let rows: i64 = counts.iter().map(|c| c.target).sum();
+    println!(
+        "copied and verified {rows} rows in {} tables; point database_url at the new database \
+         and keep the same secret key",
+        counts.len()
+    );
+    Ok(())
 }
 
 fn init_logging(config: &Config) {

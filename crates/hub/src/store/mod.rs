@@ -3,6 +3,7 @@
 //! Every method that changes state takes the [`Event`] describing the change and writes it in
 //! the same transaction, so the event log never misses or invents a change.
 
+pub mod migrate;
 pub mod postgres;
 pub mod sqlite;
 

@@ -215,3 +215,219 @@ async fn killing_one_hub_mid_backlog_leaves_the_other_to_finish_and_lead() {
     sigterm(&second);
     assert!(wait_exit(&mut second, Duration::from_secs(10)).success());
 }
+
+/// What a client sees of a hub's data: every list and detail the API has, read with one
+/// personal token. Fields that change by themselves (a session's last use, a login stamp)
+/// are left out.
+async fn snapshot(hub: &TestHub, token: &str, server: &str, webhook: &str, until: &str) -> Value {
+    // History from an hour before `until`: the raw tier answers at most a few hours.
+    let since = chrono::DateTime::parse_from_rfc3339(until).unwrap() - chrono::Duration::hours(1);
+    let since = since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let paths = [
+        "/api/users".to_string(),
+        "/api/users/me/tokens".into(),
+        "/api/servers".into(),
+        format!("/api/servers/{server}"),
+        format!("/api/servers/{server}/inventory/latest"),
+        format!("/api/servers/{server}/metrics?metric=cpu&tier=raw&from={since}&to={until}"),
+        format!("/api/servers/{server}/metrics?metric=cpu&tier=1m&from={since}&to={until}"),
+        format!("/api/servers/{server}/metrics?metric=cpu&tier=1h&from={since}&to={until}"),
+        "/api/stats/overview".into(),
+        "/api/webhooks".into(),
+        format!("/api/webhooks/{webhook}/deliveries"),
+        "/api/notifications/channels".into(),
+        "/api/alerts/rules".into(),
+        "/api/alerts?limit=100".into(),
+        "/api/tasks".into(),
+        format!("/api/audit-logs?limit=1000&until={until}"),
+    ];
+    let mut all = serde_json::Map::new();
+    for path in paths {
+        let (status, mut body) = hub.get(&path, token).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {body}");
+        strip(&mut body, &["last_login_at", "last_used_at"]);
+        all.insert(path, body);
+    }
+    Value::Object(all)
+}
+
+fn strip(v: &mut Value, keys: &[&str]) {
+    match v {
+        Value::Object(m) => {
+            for k in keys {
+                m.remove(*k);
+            }
+            m.values_mut().for_each(|v| strip(v, keys));
+        }
+        Value::Array(a) => a.iter_mut().for_each(|v| strip(v, keys)),
+        _ => {}
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL: run by .ci/run"]
+async fn a_sqlite_database_migrated_to_postgres_serves_the_same_answers() {
+    let receiver = Receiver::start(&[]).await;
+    let adjust = |c: &mut smon_hub::Config| {
+        c.webhooks.allow_cidrs = vec!["127.0.0.1/32".into()];
+    };
+    let hub = TestHub::start_with(|c| {
+        c.database_url = String::new(); // the default: SQLite in the data directory
+        adjust(c);
+    })
+    .await;
+    // A little of everything: users, tokens, a server with history and inventory, a firing
+    // alert, a task, a webhook with deliveries, a notification channel with sealed settings.
+    hub.create_user("ops", "operator").await;
+    let (status, created) = hub
+        .send_json(
+            Method::POST,
+            "/api/users/me/tokens",
+            &hub.admin_token,
+            json!({ "name": "reader" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let token = created["token"].as_str().unwrap().to_string();
+    let (server, agent_token) = hub.create_server("db-1", &["db", "eu"]).await;
+    let now = chrono::Utc::now();
+    let samples = (0..30)
+        .map(|i| {
+            agent::sample(
+                now - chrono::Duration::seconds(300 - i * 10),
+                50.0 + i as f64,
+            )
+        })
+        .collect();
+    let (status, answer) = hub
+        .post_report(
+            &agent_token,
+            &agent::report(samples, Some(agent::inventory("db-1"))),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let (status, webhook) = hub
+        .send_json(
+            Method::POST,
+            "/api/webhooks",
+            &hub.admin_token,
+            // Not the logins: the second hub's would be delivered after the copy.
+            json!({ "name": "r", "url": receiver.url(), "event_types": ["alert.triggered"] }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{webhook}");
+    let webhook = webhook["webhook_id"].as_str().unwrap().to_string();
+    let (status, rule) = hub
+        .send_json(
+            Method::POST,
+            "/api/alerts/rules",
+            &hub.admin_token,
+            json!({ "name": "hot", "metric": "cpu", "comparison": ">", "threshold": 60,
+                    "for": "0s", "severity": "critical" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{rule}");
+    let (status, task) = hub
+        .send_json(
+            Method::POST,
+            &format!("/api/servers/{server}/tasks"),
+            &hub.admin_token,
+            json!({ "command": "uptime" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{task}");
+    let (status, channel) = hub
+        .send_json(
+            Method::POST,
+            "/api/notifications/channels",
+            &hub.admin_token,
+            json!({ "name": "pager", "kind": "ntfy",
+                    "config": { "server_url": receiver.base(), "topic": "ops", "token": "tk_secret" } }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{channel}");
+    // The firing alert and the deliveries of everything so far.
+    eventually(Duration::from_secs(15), "the alert firing", || async {
+        let (_, alerts) = hub.get("/api/alerts?status=firing", &token).await;
+        (alerts["total"] == 1).then_some(())
+    })
+    .await;
+    eventually(
+        Duration::from_secs(15),
+        "the webhook's deliveries",
+        || async {
+            let (_, w) = hub.get(&format!("/api/webhooks/{webhook}"), &token).await;
+            (w["pending_deliveries"] == 0 && !receiver.received().is_empty()).then_some(())
+        },
+    )
+    .await;
+    let until = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let before = snapshot(&hub, &token, &server, &webhook, &until).await;
+    let dir = hub.stop().await;
+
+    let database = pg::fresh_database().await;
+    let from = format!("sqlite://{}", dir.path().join("smon.db").display());
+    let migrate = |to: &str| {
+        smon(dir.path())
+            .args(["migrate-data", "--from", &from, "--to", to])
+            .output()
+            .expect("smon runs")
+    };
+    let out = migrate(&database);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("verified"), "{stdout}");
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("metrics_raw ") && l.contains(" 30 ")),
+        "the counts are printed: {stdout}"
+    );
+    // Into a database that has data, nothing is copied.
+    let again = migrate(&database);
+    assert!(!again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("not empty"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+
+    // The same data directory (so the same secret key), now on PostgreSQL.
+    let hub = TestHub::start_in(dir, |c| {
+        c.database_url = database.clone();
+        adjust(c);
+    })
+    .await;
+    let after = snapshot(&hub, &token, &server, &webhook, &until).await;
+    for (path, answer) in before.as_object().unwrap() {
+        assert_eq!(&after[path], answer, "{path} differs after the migration");
+    }
+    // Sealed settings still open with the same key: the channel's test reaches the receiver.
+    let channel = channel["channel_id"].as_str().unwrap();
+    let (status, tested) = hub
+        .send_json(
+            Method::POST,
+            &format!("/api/notifications/channels/{channel}/test"),
+            &hub.admin_token,
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{tested}");
+    assert!(
+        receiver.received().iter().any(|r| r
+            .headers
+            .get("authorization")
+            .is_some_and(|v| v == "Bearer tk_secret")),
+        "the ntfy token survived the copy"
+    );
+    // New rows continue after the copied ones.
+    hub.create_server("db-2", &[]).await;
+    let (_, list) = hub.get("/api/servers", &token).await;
+    assert_eq!(list["total"], 2);
+    hub.stop().await;
+}

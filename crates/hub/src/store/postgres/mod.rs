@@ -87,8 +87,8 @@ impl PgStore {
         Ok(store)
     }
 
-    /// The pool, for the data migration and tests.
-    pub fn pool(&self) -> &PgPool {
+    /// The pool, for the data migration.
+    pub(crate) fn pool(&self) -> &PgPool {
         &self.write
     }
 }

@@ -113,6 +113,11 @@ fn create_private_dir(dir: &Path) -> Result<()> {
 }
 
 impl SqliteStore {
+    /// The read-only connections, for the data migration.
+    pub(crate) fn read_pool(&self) -> &SqlitePool {
+        &self.read
+    }
+
     /// After a commit that wrote events: wake the dispatcher, and let caches of event reads
     /// know.
     fn events_committed(&self) {
