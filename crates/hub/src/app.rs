@@ -223,6 +223,18 @@ impl Hub {
                 shutdown.clone(),
             )),
         ));
+        if crate::store::Backend::of_url(&state.config.effective_database_url())
+            == Some(crate::store::Backend::Postgres)
+        {
+            workers.push((
+                "fleet-sync",
+                tokio::spawn(crate::fleet::workers::run_sync(
+                    fleet.clone(),
+                    leadership.clone(),
+                    shutdown.clone(),
+                )),
+            ));
+        }
         workers.push((
             "alert-evaluator",
             tokio::spawn(crate::alerts::run_evaluator(

@@ -814,6 +814,110 @@ impl FleetService {
         Ok(())
     }
 
+    /// Take in what other hubs on the database wrote: servers added, edited or deleted there,
+    /// reports they received (newer than this hub's), and the leader's offline verdicts.
+    /// Memory stays the source of what this hub answers; this keeps it within one sync of the
+    /// database. Changes are published like local ones, so the leader's alert evaluation sees
+    /// the whole fleet. Returns how many servers changed.
+    pub async fn sync_from_store(&self, leading: bool) -> Result<usize> {
+        // Local creations, edits and deletions wait: none can slip between the read and the
+        // merge and be undone by it.
+        let _one_at_a_time = self.inner.changes.lock().await;
+        let marks = self.inner.store.server_marks().await?;
+        let (stale, gone) = {
+            let state = self.read();
+            let mut stale = Vec::new();
+            for m in &marks {
+                let Some(e) = state.by_id.get(&m.id) else {
+                    stale.push(m.id.clone());
+                    continue;
+                };
+                let newer_report = millis(m.last_seen_at) > millis(e.record.last_seen_at);
+                let newer_settings =
+                    m.updated_at.timestamp_millis() > e.record.updated_at.timestamp_millis();
+                // Only the leader marks servers offline; the others adopt its verdict once
+                // nothing of theirs is on the way.
+                let verdict = !leading
+                    && m.status != e.record.status
+                    && millis(m.last_seen_at) == millis(e.record.last_seen_at)
+                    && e.in_flight == 0;
+                if newer_report || newer_settings || verdict {
+                    stale.push(m.id.clone());
+                }
+            }
+            let listed: std::collections::HashSet<&str> =
+                marks.iter().map(|m| m.id.as_str()).collect();
+            let gone: Vec<String> = state
+                .by_id
+                .keys()
+                .filter(|id| !listed.contains(id.as_str()))
+                .cloned()
+                .collect();
+            (stale, gone)
+        };
+        if stale.is_empty() && gone.is_empty() {
+            return Ok(0);
+        }
+        let rows = if stale.is_empty() {
+            Vec::new()
+        } else {
+            self.inner.store.servers_with_ids(&stale).await?
+        };
+        let mut observed = Vec::new();
+        let changed = {
+            let mut state = self.write();
+            for id in &gone {
+                state.remove(id);
+                observed.push(Observation::Removed {
+                    server_id: id.clone(),
+                });
+            }
+            for row in rows {
+                let mut fresh = Entry::from_record(row);
+                if let Some(old) = state.remove(&fresh.record.id) {
+                    fresh.inventory_requested = old.inventory_requested;
+                    fresh.in_flight = old.in_flight;
+                    if millis(old.record.last_seen_at) > millis(fresh.record.last_seen_at) {
+                        // This hub's own report is newer than what the database has yet.
+                        fresh.record.status = old.record.status;
+                        fresh.record.last_seen_at = old.record.last_seen_at;
+                        fresh.record.agent_version = old.record.agent_version.clone();
+                        fresh.record.agent_interval_secs = old.record.agent_interval_secs;
+                        fresh.latest = old.latest.clone();
+                        fresh.values = old.values;
+                    }
+                    let r = &fresh.record;
+                    if r.status != old.record.status {
+                        observed.push(Observation::Status {
+                            server_id: r.id.clone(),
+                            server_name: r.name.clone(),
+                            tags: r.tags.clone(),
+                            status: r.status,
+                            at: r.last_seen_at.unwrap_or_else(Utc::now),
+                        });
+                    }
+                    if millis(r.last_seen_at) > millis(old.record.last_seen_at)
+                        && let Some(sample) = &fresh.latest
+                    {
+                        observed.push(Observation::Report {
+                            server_id: r.id.clone(),
+                            server_name: r.name.clone(),
+                            tags: r.tags.clone(),
+                            sample: sample.clone(),
+                        });
+                    }
+                }
+                state.insert(fresh);
+            }
+            gone.len() + stale.len()
+        };
+        self.changed();
+        for o in observed {
+            self.publish(o);
+        }
+        Ok(changed)
+    }
+
     /// Ask the agent for its inventory with its next report.
     pub async fn request_inventory(&self, origin: &Origin, id: &str) -> Result<()> {
         let this = self.clone();
@@ -1280,4 +1384,9 @@ pub fn view(e: &Entry) -> ServerView {
 /// The command that starts an agent for a server, for the hub at `hub_url`.
 pub fn agent_command(hub_url: &str, agent_token: &str) -> String {
     format!("SMON_AGENT_TOKEN={agent_token} smon-agent --hub {hub_url}")
+}
+
+/// A time as the database keeps it (milliseconds), to compare memory with the database.
+fn millis(t: Option<DateTime<Utc>>) -> Option<i64> {
+    t.map(|t| t.timestamp_millis())
 }

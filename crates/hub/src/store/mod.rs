@@ -401,6 +401,15 @@ pub struct ServerRecord {
     pub updated_at: DateTime<Utc>,
 }
 
+/// A server's status, last report and last settings change.
+#[derive(Debug, Clone)]
+pub struct ServerMark {
+    pub id: String,
+    pub status: ServerStatus,
+    pub last_seen_at: Option<DateTime<Utc>>,
+    pub updated_at: DateTime<Utc>,
+}
+
 impl ServerRecord {
     /// A server that has never reported, with everything else to fill in.
     pub fn new(id: String, name: String, token_hash: String, now: DateTime<Utc>) -> Self {
@@ -521,6 +530,11 @@ pub trait FleetStore: Send + Sync {
     async fn insert_server(&self, server: &ServerRecord, event: &Event) -> Result<i64>;
     /// Every server (loaded once at start; the fleet service keeps them in memory).
     async fn list_servers(&self) -> Result<Vec<ServerRecord>>;
+    /// For every server, what changes when another hub writes it (several hubs on one
+    /// database compare these with their memory).
+    async fn server_marks(&self) -> Result<Vec<ServerMark>>;
+    /// The servers with these ids that exist.
+    async fn servers_with_ids(&self, ids: &[String]) -> Result<Vec<ServerRecord>>;
     /// Replace a server's settings (name, description, tags, interval, token hash);
     /// `NotFound`, or `Conflict` when the new name is taken.
     async fn update_server(&self, server: &ServerRecord, event: &Event) -> Result<()>;

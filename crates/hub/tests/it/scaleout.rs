@@ -431,3 +431,148 @@ async fn a_sqlite_database_migrated_to_postgres_serves_the_same_answers() {
     assert_eq!(list["total"], 2);
     hub.stop().await;
 }
+
+/// A hub of a deployment whose servers report every second and go offline after two
+/// missed intervals.
+async fn fleet_hub_on(database: &str) -> TestHub {
+    let database = database.to_string();
+    TestHub::start_with(move |c| {
+        c.database_url = database;
+        c.secret_key = SHARED_KEY.into();
+        c.fleet.offline_after_intervals = 2;
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL: run by .ci/run"]
+async fn two_hubs_show_one_fleet_and_judge_it_once() {
+    let database = pg::fresh_database().await;
+    // The first hub up leads: it alone detects offline servers and evaluates alerts.
+    let leader = fleet_hub_on(&database).await;
+    let other = fleet_hub_on(&database).await;
+    let (status, rule) = leader
+        .send_json(
+            Method::POST,
+            "/api/alerts/rules",
+            &leader.admin_token,
+            json!({ "name": "hot", "metric": "cpu", "comparison": ">", "threshold": 90,
+                    "for": "0s", "severity": "critical" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{rule}");
+
+    // A server added on the leader reports to the other hub only.
+    let (status, created) = leader
+        .send_json(
+            Method::POST,
+            "/api/servers",
+            &leader.admin_token,
+            json!({ "name": "web-1", "interval_secs": 1 }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let id = created["server_id"].as_str().unwrap().to_string();
+    let agent_token = created["agent_token"].as_str().unwrap().to_string();
+    let report = |cpu: f64| agent::report(vec![agent::sample(chrono::Utc::now(), cpu)], None);
+    eventually(
+        Duration::from_secs(10),
+        "the other hub knows the server",
+        || async {
+            let (status, _) = other.post_report(&agent_token, &report(20.0)).await;
+            (status == StatusCode::OK).then_some(())
+        },
+    )
+    .await;
+
+    // Both hubs show it online with its latest values.
+    for hub in [&leader, &other] {
+        eventually(Duration::from_secs(10), "online on both hubs", || async {
+            let s = hub.server(&id).await;
+            (s["status"] == "online" && s["metrics"]["cpu_percent"] == 20.0).then_some(())
+        })
+        .await;
+    }
+    // A breach reported to the other hub is judged by the leader: one alert.
+    let (status, _) = other.post_report(&agent_token, &report(97.0)).await;
+    assert_eq!(status, StatusCode::OK);
+    eventually(Duration::from_secs(15), "the alert firing", || async {
+        let (_, alerts) = other
+            .get("/api/alerts?status=firing", &other.admin_token)
+            .await;
+        (alerts["total"] == 1).then_some(())
+    })
+    .await;
+
+    // Silent, it goes offline once, on both hubs.
+    for hub in [&leader, &other] {
+        eventually(Duration::from_secs(20), "offline on both hubs", || async {
+            (hub.server(&id).await["status"] == "offline").then_some(())
+        })
+        .await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let offline = leader
+        .events(&format!("event_type=server.offline&server_id={id}"))
+        .await;
+    assert_eq!(offline.len(), 1, "one offline verdict: {offline:?}");
+    let online = leader
+        .events(&format!("event_type=server.online&server_id={id}"))
+        .await;
+    assert_eq!(online.len(), 1, "{online:?}");
+    let (_, alerts) = leader
+        .get("/api/alerts?limit=100", &leader.admin_token)
+        .await;
+    let hot: Vec<&Value> = alerts["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["rule_name"] == "hot")
+        .collect();
+    assert_eq!(hot.len(), 1, "{alerts}");
+
+    // Renamed on one hub, deleted on the other: both see each change.
+    let (status, _) = other
+        .send_json(
+            Method::PUT,
+            &format!("/api/servers/{id}"),
+            &other.admin_token,
+            json!({ "name": "web-one" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    eventually(
+        Duration::from_secs(10),
+        "the new name on the leader",
+        || async { (leader.server(&id).await["name"] == "web-one").then_some(()) },
+    )
+    .await;
+    let (status, _) = leader
+        .send_json(
+            Method::DELETE,
+            &format!("/api/servers/{id}"),
+            &leader.admin_token,
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    eventually(
+        Duration::from_secs(10),
+        "gone from the other hub",
+        || async {
+            let (status, _) = other
+                .get(&format!("/api/servers/{id}"), &other.admin_token)
+                .await;
+            (status == StatusCode::NOT_FOUND).then_some(())
+        },
+    )
+    .await;
+    let (status, _) = other.post_report(&agent_token, &report(20.0)).await;
+    assert_eq!(
+        status,
+        StatusCode::UNAUTHORIZED,
+        "a deleted server's token is refused"
+    );
+    leader.stop().await;
+    other.stop().await;
+}

@@ -13,7 +13,8 @@ use crate::error::{Error, Result};
 use crate::events::Event;
 use crate::fleet::metric::Metric;
 use crate::store::{
-    FleetStore, FleetWrite, HistoryPoint, MetricValues, ServerRecord, ServerStatus, Tier,
+    FleetStore, FleetWrite, HistoryPoint, MetricValues, ServerMark, ServerRecord, ServerStatus,
+    Tier,
 };
 
 fn server_from_row(row: &PgRow) -> Result<ServerRecord> {
@@ -203,6 +204,32 @@ impl FleetStore for PgStore {
 
     async fn list_servers(&self) -> Result<Vec<ServerRecord>> {
         let rows = sqlx::query("SELECT * FROM servers ORDER BY seq")
+            .fetch_all(&self.read)
+            .await?;
+        rows.iter().map(server_from_row).collect()
+    }
+
+    async fn server_marks(&self) -> Result<Vec<ServerMark>> {
+        let rows = sqlx::query("SELECT id, status, last_seen_at, updated_at FROM servers")
+            .fetch_all(&self.read)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                let status: String = row.try_get("status")?;
+                Ok(ServerMark {
+                    id: row.try_get("id")?,
+                    status: ServerStatus::parse(&status)
+                        .ok_or_else(|| corrupt("server status", &status))?,
+                    last_seen_at: row.try_get::<Option<i64>, _>("last_seen_at")?.map(from_ms),
+                    updated_at: from_ms(row.try_get("updated_at")?),
+                })
+            })
+            .collect()
+    }
+
+    async fn servers_with_ids(&self, ids: &[String]) -> Result<Vec<ServerRecord>> {
+        let rows = sqlx::query("SELECT * FROM servers WHERE id = ANY($1) ORDER BY seq")
+            .bind(ids)
             .fetch_all(&self.read)
             .await?;
         rows.iter().map(server_from_row).collect()

@@ -30,6 +30,35 @@ mod webhooks;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
+/// How often a hub looks for events other hubs appended.
+const WATCH_EVERY: Duration = Duration::from_secs(1);
+
+/// Other hubs append events too, and their commits send this one no signal: watch the log's
+/// end, and on a change wake the dispatcher and invalidate the caches of event reads, as a
+/// local commit does. Ends when the store is closed.
+async fn watch_other_writers(store: PgStore) {
+    let mut last = None;
+    while !store.write.is_closed() {
+        tokio::time::sleep(WATCH_EVERY).await;
+        let end: std::result::Result<Option<i64>, _> =
+            sqlx::query_scalar("SELECT MAX(seq) FROM events")
+                .fetch_one(&store.read)
+                .await;
+        match end {
+            Ok(end) => {
+                if last.is_some_and(|l| l != end) {
+                    store.events_committed();
+                }
+                last = Some(end);
+            }
+            Err(e) if !store.write.is_closed() => {
+                tracing::debug!(error = %e, "cannot read the event log's end");
+            }
+            Err(_) => {}
+        }
+    }
+}
+
 /// Connections per hub. Every statement is a network round trip, so the pool is what lets
 /// the ingest writer, the delivery workers and API reads overlap.
 const POOL_SIZE: u32 = 16;
@@ -84,6 +113,7 @@ impl PgStore {
             ..store.clone()
         };
         tokio::spawn(webhooks::run_finisher(finisher, requests));
+        tokio::spawn(watch_other_writers(store.clone()));
         Ok(store)
     }
 
