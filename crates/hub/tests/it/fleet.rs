@@ -11,20 +11,10 @@ use crate::common::*;
 
 /// Rows of metrics history and inventory in the hub's database, every server together.
 async fn history_rows(hub: &TestHub) -> i64 {
-    let url = format!(
-        "sqlite://{}?mode=ro",
-        hub.data_dir().join("smon.db").display()
-    );
-    let db = sqlx::SqlitePool::connect(&url).await.unwrap();
     let mut rows = 0;
     for table in ["metrics_raw", "metrics_1m", "metrics_1h", "inventory"] {
-        let n: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {table}"))
-            .fetch_one(&db)
-            .await
-            .unwrap();
-        rows += n;
+        rows += hub.db_count(table).await;
     }
-    db.close().await;
     rows
 }
 

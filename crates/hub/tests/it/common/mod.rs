@@ -85,7 +85,7 @@ impl TestHub {
     pub async fn start_in(dir: TempDir, adjust: impl FnOnce(&mut Config)) -> TestHub {
         let mut config = test_config(dir.path());
         if pg::suite_on_postgres() {
-            config.database_url = pg::database_of(dir.path()).await;
+            config.database_url = pg::database_of(dir.path());
         }
         adjust(&mut config);
         let hub = Hub::start(config).await.expect("hub starts");
@@ -123,6 +123,42 @@ impl TestHub {
     /// The data directory.
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().to_path_buf()
+    }
+
+    /// The hub's PostgreSQL database, when the suite runs on PostgreSQL.
+    pub fn postgres_url(&self) -> Option<String> {
+        std::fs::read_to_string(self.dir.path().join(pg::URL_FILE)).ok()
+    }
+
+    /// The text values of the first column `sql` selects, read straight from the hub's
+    /// database (SQLite file or PostgreSQL), bypassing the API.
+    pub async fn db_texts(&self, sql: &str) -> Vec<String> {
+        match self.postgres_url() {
+            Some(url) => {
+                let db = sqlx::PgPool::connect(&url).await.unwrap();
+                let v = sqlx::query_scalar(sql).fetch_all(&db).await.unwrap();
+                db.close().await;
+                v
+            }
+            None => {
+                let url = format!(
+                    "sqlite://{}?mode=ro",
+                    self.data_dir().join("smon.db").display()
+                );
+                let db = sqlx::SqlitePool::connect(&url).await.unwrap();
+                let v = sqlx::query_scalar(sql).fetch_all(&db).await.unwrap();
+                db.close().await;
+                v
+            }
+        }
+    }
+
+    /// How many rows `table` holds, read straight from the hub's database.
+    pub async fn db_count(&self, table: &str) -> i64 {
+        let n = self
+            .db_texts(&format!("SELECT CAST(COUNT(*) AS TEXT) FROM {table}"))
+            .await;
+        n[0].parse().unwrap()
     }
 
     /// The absolute URL of `path`.

@@ -35,13 +35,34 @@ pub async fn fresh_database() -> String {
 }
 
 /// The database of a test's data directory: made on first use and remembered in the
-/// directory, so a hub restarted on it finds its data.
-pub async fn database_of(dir: &std::path::Path) -> String {
-    let file = dir.join("postgres-url");
+/// directory, so a hub restarted on it, or the CLI run on it, finds its data. Synchronous
+/// (psql), for the harness's plain functions too.
+pub fn database_of(dir: &std::path::Path) -> String {
+    let file = dir.join(URL_FILE);
     if let Ok(url) = std::fs::read_to_string(&file) {
         return url;
     }
-    let url = fresh_database().await;
+    let server = server_url();
+    let name = format!("smon_test_{}", uuid::Uuid::now_v7().simple());
+    let out = std::process::Command::new("psql")
+        .args([
+            server.as_str(),
+            "-q",
+            "-c",
+            &format!("CREATE DATABASE {name}"),
+        ])
+        .output()
+        .expect("psql runs");
+    assert!(
+        out.status.success(),
+        "cannot create a test database on {server}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let base = server.rsplit_once('/').map_or(server.as_str(), |(b, _)| b);
+    let url = format!("{base}/{name}");
     std::fs::write(&file, &url).expect("remember the test database");
     url
 }
+
+/// The file in a data directory naming its PostgreSQL database.
+pub const URL_FILE: &str = "postgres-url";

@@ -34,6 +34,9 @@ pub fn smon(dir: &Path) -> Command {
         .env("SMON_LISTEN", "127.0.0.1:0")
         .env("SMON_LOCAL_AGENT", "false")
         .env("RUST_LOG", "warn");
+    if super::pg::suite_on_postgres() {
+        cmd.env("SMON_DATABASE_URL", super::pg::database_of(dir));
+    }
     cmd
 }
 
