@@ -987,7 +987,7 @@ async fn a_report_the_database_cannot_take_gets_503_and_its_retry_brings_the_ser
     let hub = TestHub::start().await;
     let (id, token) = hub.create_server("busy-1", &[]).await;
     let body = agent::report(vec![agent::sample(Utc::now(), 3.0)], None);
-    let mut locker = crate::common::process::hold_write_lock(&hub.data_dir().join("smon.db"));
+    let mut locker = crate::common::process::hold_write_lock(&hub.data_dir());
     let got = hub.post_report(&token, &body).await;
     assert_error(&got, StatusCode::SERVICE_UNAVAILABLE, "retry later");
     // Nothing the agent was not told was kept: the server is still waiting for its first report.
@@ -1047,7 +1047,7 @@ async fn an_agent_that_hangs_up_mid_report_still_goes_offline_when_silent() {
     let hub = TestHub::start().await;
     let (id, token) = hub.create_server("gone-mid-report", &[]).await;
     let body = agent::report(vec![agent::sample(Utc::now(), 3.0)], None);
-    let mut locker = crate::common::process::hold_write_lock(&hub.data_dir().join("smon.db"));
+    let mut locker = crate::common::process::hold_write_lock(&hub.data_dir());
     // The agent gives up while its report waits for the database.
     let impatient = reqwest::Client::builder()
         .timeout(Duration::from_millis(500))

@@ -68,7 +68,7 @@ async fn health_and_readiness_answer_without_a_token() {
 async fn readiness_is_503_while_the_database_refuses_writes() {
     let hub = TestHub::start().await;
     // Another process holds the write lock (as a stuck backup or a full disk would stop writes).
-    let mut locker = hold_write_lock(&hub.data_dir().join("smon.db"));
+    let mut locker = hold_write_lock(&hub.data_dir());
     let got = send(hub.request(Method::GET, "/api/ready", None)).await;
     locker.kill().ok();
     locker.wait().ok();
@@ -123,7 +123,7 @@ async fn a_request_in_flight_finishes_during_shutdown() {
     let (mut child, base, _) = spawn_serve(dir.path());
     // With the database locked by another process, a readiness check waits ~2 s for it: a
     // request that is certainly in flight when the signal arrives.
-    let mut locker = hold_write_lock(&dir.path().join("smon.db"));
+    let mut locker = hold_write_lock(dir.path());
     let slow = tokio::spawn(reqwest::get(format!("{base}/api/ready")));
     tokio::time::sleep(Duration::from_millis(500)).await;
     sigterm(&child);

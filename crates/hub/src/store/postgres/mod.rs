@@ -89,6 +89,10 @@ impl PgStore {
         let options: PgConnectOptions = url.parse().with_context(|| {
             format!("invalid PostgreSQL URL {}", crate::config::redact_url(url))
         })?;
+        // Like SQLite's busy timeout: a statement waits this long for a lock held elsewhere
+        // (a stuck session, a long migration), then fails, so requests answer 503 rather
+        // than hang.
+        let options = options.options([("lock_timeout", "5s")]);
         let pool = PgPoolOptions::new()
             .max_connections(POOL_SIZE)
             .acquire_timeout(Duration::from_secs(10))

@@ -5,18 +5,51 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// Hold an exclusive SQLite lock on `db` from another process (Python's sqlite3 module).
-pub fn hold_write_lock(db: &Path) -> Child {
+/// Stop writes to the database of the data directory `dir` from another process, as a stuck
+/// backup or a full disk would: SQLite's exclusive lock (Python's sqlite3 module), or on
+/// PostgreSQL an EXCLUSIVE lock on every table (reads still pass).
+pub fn hold_write_lock(dir: &Path) -> Child {
+    if let Ok(url) = std::fs::read_to_string(dir.join(super::pg::URL_FILE)) {
+        return hold_postgres_write_lock(&url);
+    }
+    let db = dir.join("smon.db");
     let mut child = Command::new("python3")
         .arg("-c")
         .arg(
             "import sqlite3,sys,time\nc=sqlite3.connect(sys.argv[1],isolation_level=None)\n\
              c.execute('BEGIN EXCLUSIVE')\nprint('locked',flush=True)\ntime.sleep(60)",
         )
-        .arg(db)
+        .arg(&db)
         .stdout(Stdio::piped())
         .spawn()
         .expect("python3 runs");
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "locked");
+    child
+}
+
+fn hold_postgres_write_lock(url: &str) -> Child {
+    let tables = "users, auth_tokens, events, health_probe, webhooks, webhook_jobs, \
+                  webhook_deliveries, servers, inventory, metrics_raw, metrics_1m, metrics_1h, \
+                  tasks, alert_rules, alerts, hub_leases";
+    let mut child = Command::new("psql")
+        // The server notices the killed client within 100 ms and releases the locks.
+        .args([
+            url,
+            "-q",
+            "-At",
+            "-c",
+            "SET client_connection_check_interval = 100",
+        ])
+        .args(["-c", "BEGIN"])
+        .args(["-c", &format!("LOCK TABLE {tables} IN EXCLUSIVE MODE")])
+        .args(["-c", "\\echo locked", "-c", "SELECT pg_sleep(60)"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("psql runs");
     let mut line = String::new();
     BufReader::new(child.stdout.as_mut().unwrap())
         .read_line(&mut line)
