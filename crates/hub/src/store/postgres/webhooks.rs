@@ -161,12 +161,15 @@ async fn append_notifications(
     let mut queued = 0;
     for item in items {
         let event_id = item.event.event_id.to_string();
-        // The newest open group: when an older one is full, the one opened after it.
+        // The newest open group: when an older one is full, the one opened after it. Locked
+        // until commit: a worker on any hub skips it meanwhile, and one that claimed it first
+        // makes it not open any more (the event then opens a new group).
         let open = sqlx::query(
             "SELECT id, payload FROM webhook_jobs
              WHERE webhook_id = $1 AND group_key = $2 AND attempt = 0 AND locked_until IS NULL
                AND next_attempt_at > $3
-             ORDER BY next_attempt_at DESC LIMIT 1",
+             ORDER BY next_attempt_at DESC LIMIT 1
+             FOR UPDATE",
         )
         .bind(&item.channel_id)
         .bind(&item.group_key)
