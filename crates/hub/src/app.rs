@@ -85,6 +85,7 @@ pub struct Hub {
     stop_writer: CancellationToken,
     plugins: Arc<PluginManager>,
     store: Arc<dyn Store>,
+    leadership: Arc<crate::leader::Leadership>,
 }
 
 impl Hub {
@@ -227,9 +228,11 @@ impl Hub {
             == Some(crate::store::Backend::Postgres)
         {
             workers.push((
-                "fleet-sync",
-                tokio::spawn(crate::fleet::workers::run_sync(
+                "cluster-sync",
+                tokio::spawn(crate::cluster::run_sync(
                     fleet.clone(),
+                    alerts.clone(),
+                    tasks.clone(),
                     leadership.clone(),
                     shutdown.clone(),
                 )),
@@ -289,7 +292,7 @@ impl Hub {
             store.clone(),
             plugins.clone(),
             notifications,
-            leadership,
+            leadership.clone(),
             shutdown.clone(),
         ));
 
@@ -316,6 +319,7 @@ impl Hub {
             stop_writer,
             plugins,
             store,
+            leadership,
         })
     }
 
@@ -372,6 +376,8 @@ impl Hub {
                 tracing::error!(worker = "event-dispatcher", error = %e, "worker ended abnormally")
             }
         }
+        // Only now: another hub taking over dispatches from where this one stopped.
+        self.leadership.resign(self.store.as_ref()).await;
         self.store.close().await;
         tracing::info!("hub stopped");
         Ok(())

@@ -1,7 +1,8 @@
 //! Leadership: of the hubs sharing one database, one runs the work that must happen once
-//! (the event dispatcher, offline detection, alert evaluation, task reconciliation, retention
-//! and pruning). It holds a lease in the database and renews it; when it stops or dies, another
-//! hub takes the lease once it has run out. A hub alone (SQLite) simply always holds it.
+//! (the event dispatcher, offline detection, alert evaluation, task reconciliation; retention
+//! and pruning are idempotent and run everywhere). It holds a lease in the database and renews
+//! it; a clean stop hands it over at once, and when a hub dies another takes the lease once it
+//! has run out. A hub alone (SQLite) simply always holds it.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
@@ -85,7 +86,9 @@ impl Leadership {
     }
 }
 
-/// Renew the lease until `shutdown`, then resign.
+/// Renew the lease until `shutdown`. The hub resigns later, once its dispatcher has stopped
+/// and marked what its plugins finished: resigning first would let another hub dispatch
+/// those events again.
 pub async fn run(leadership: Arc<Leadership>, store: Arc<dyn Store>, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(RENEW_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -97,5 +100,4 @@ pub async fn run(leadership: Arc<Leadership>, store: Arc<dyn Store>, shutdown: C
             }
         }
     }
-    leadership.resign(store.as_ref()).await;
 }

@@ -241,6 +241,39 @@ impl AlertService {
         })
     }
 
+    /// Several hubs on one database: take in the rules other hubs created, edited or deleted,
+    /// and the alerts they fired or resolved (a previous leader's, or those a rule deleted
+    /// elsewhere took with it). Read under the engine's lock, so no evaluation of this hub
+    /// falls between the read and the merge.
+    pub async fn sync_from_store(&self) -> Result<()> {
+        let mut engine = self.engine.lock().await;
+        let records = self.store.list_rules().await?;
+        let firing = self.store.firing_alerts().await?;
+        engine.rules = records
+            .into_iter()
+            .filter_map(|r| match Rule::compile(r) {
+                Ok(rule) => Some(rule),
+                Err(e) => {
+                    tracing::error!(error = %e, "an alert rule in the database is invalid; skipped");
+                    None
+                }
+            })
+            .collect();
+        let firing_ids: std::collections::HashSet<String> =
+            firing.iter().map(|a| a.id.clone()).collect();
+        engine.phases.retain(|_, phase| match phase {
+            Phase::Firing(a) => firing_ids.contains(&a.id),
+            _ => true,
+        });
+        for a in firing {
+            let key = (a.rule_id.clone(), a.server_id.clone());
+            if !matches!(engine.phases.get(&key), Some(Phase::Firing(_))) {
+                engine.phases.insert(key, Phase::Firing(Box::new(a)));
+            }
+        }
+        Ok(())
+    }
+
     /// Every rule, by name.
     pub async fn rules(&self) -> Vec<RuleView> {
         let engine = self.engine.lock().await;

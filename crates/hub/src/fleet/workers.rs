@@ -28,30 +28,6 @@ pub async fn run_offline_detector(
     }
 }
 
-/// How often a hub sharing its database with others takes in their changes.
-const SYNC_EVERY: Duration = Duration::from_secs(2);
-
-/// Several hubs on one database: keep this hub's memory of the fleet in step with what the
-/// others write, until `shutdown`.
-pub async fn run_sync(
-    fleet: FleetService,
-    leadership: std::sync::Arc<crate::leader::Leadership>,
-    shutdown: CancellationToken,
-) {
-    let mut tick = tokio::time::interval(SYNC_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            _ = tick.tick() => {
-                if let Err(e) = fleet.sync_from_store(leadership.is_leader()).await {
-                    tracing::warn!(error = %e, "cannot take in the other hubs' fleet changes");
-                }
-            }
-        }
-    }
-}
-
 /// Delete history past its retention, shortly after start and then every 10 minutes.
 pub async fn run_retention(fleet: FleetService, shutdown: CancellationToken) {
     let mut wait = Duration::from_secs(30);

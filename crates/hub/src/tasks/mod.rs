@@ -154,6 +154,15 @@ impl TaskService {
         })
     }
 
+    /// Several hubs on one database: servers given tasks (or cancels) through another hub get
+    /// them with their next report to this one. Only adds: a report that finds nothing open
+    /// takes its server out again.
+    pub async fn sync_from_store(&self) -> Result<()> {
+        let servers = self.store.servers_with_open_tasks().await?;
+        self.open().extend(servers);
+        Ok(())
+    }
+
     fn open(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
         self.open.lock().unwrap_or_else(|p| p.into_inner())
     }

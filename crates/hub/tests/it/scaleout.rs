@@ -451,16 +451,26 @@ async fn two_hubs_show_one_fleet_and_judge_it_once() {
     // The first hub up leads: it alone detects offline servers and evaluates alerts.
     let leader = fleet_hub_on(&database).await;
     let other = fleet_hub_on(&database).await;
-    let (status, rule) = leader
+    // A rule made on the other hub reaches the leader's evaluation.
+    let (status, rule) = other
         .send_json(
             Method::POST,
             "/api/alerts/rules",
-            &leader.admin_token,
+            &other.admin_token,
             json!({ "name": "hot", "metric": "cpu", "comparison": ">", "threshold": 90,
                     "for": "0s", "severity": "critical" }),
         )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{rule}");
+    eventually(
+        Duration::from_secs(10),
+        "the rule on the leader",
+        || async {
+            let (_, rules) = leader.get("/api/alerts/rules", &leader.admin_token).await;
+            rules.to_string().contains("\"hot\"").then_some(())
+        },
+    )
+    .await;
 
     // A server added on the leader reports to the other hub only.
     let (status, created) = leader
@@ -493,6 +503,30 @@ async fn two_hubs_show_one_fleet_and_judge_it_once() {
         })
         .await;
     }
+    // A task given on the leader is handed out with a report to the other hub.
+    let (status, task) = leader
+        .send_json(
+            Method::POST,
+            &format!("/api/servers/{id}/tasks"),
+            &leader.admin_token,
+            json!({ "command": "uptime" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{task}");
+    let task_id = task["task_id"].as_str().unwrap().to_string();
+    eventually(
+        Duration::from_secs(10),
+        "the task handed out by the other hub",
+        || async {
+            let (_, answer) = other.post_report(&agent_token, &report(20.0)).await;
+            answer["tasks"]
+                .as_array()
+                .is_some_and(|t| t.iter().any(|t| t["id"] == task_id.as_str()))
+                .then_some(())
+        },
+    )
+    .await;
+
     // A breach reported to the other hub is judged by the leader: one alert.
     let (status, _) = other.post_report(&agent_token, &report(97.0)).await;
     assert_eq!(status, StatusCode::OK);
