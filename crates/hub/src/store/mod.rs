@@ -5,6 +5,7 @@
 
 pub mod migrate;
 pub mod postgres;
+mod rows;
 pub mod sqlite;
 
 /// The database kinds a hub can use, named by their URL's scheme.

@@ -12,16 +12,16 @@ use std::time::Duration;
 use anyhow::Context;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{PgConnection, Postgres, QueryBuilder, Row};
 use tokio::sync::Notify;
 
+use super::rows::{event_from_row, is_unique_violation, ms, token_from_row, user_from_row};
 use super::{
     EventStore, QueueDepths, Store, TokenKind, TokenRecord, TokenStore, UserRecord, UserStore,
 };
-use crate::auth::roles::Role;
 use crate::error::{Error, Result};
-use crate::events::{Event, EventFilter, Severity};
+use crate::events::{Event, EventFilter};
 
 mod alerts;
 mod fleet;
@@ -146,86 +146,6 @@ impl PgStore {
             .fetch_add(1, std::sync::atomic::Ordering::Release);
         self.new_events.notify_one();
     }
-}
-
-fn ms(t: DateTime<Utc>) -> i64 {
-    t.timestamp_millis()
-}
-
-fn from_ms(v: i64) -> DateTime<Utc> {
-    DateTime::from_timestamp_millis(v).unwrap_or_default()
-}
-
-fn corrupt(what: &str, value: &str) -> Error {
-    Error::Internal(anyhow::anyhow!("corrupt {what} in database: {value:?}"))
-}
-
-/// `Conflict` with `message` when `e` is a unique violation, else the database error.
-fn conflict_if_taken(e: sqlx::Error, message: &str) -> Error {
-    if is_unique_violation(&e) {
-        Error::Conflict(message.into())
-    } else {
-        e.into()
-    }
-}
-
-fn is_unique_violation(e: &sqlx::Error) -> bool {
-    matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
-}
-
-fn user_from_row(row: &PgRow) -> Result<UserRecord> {
-    let role: String = row.try_get("role")?;
-    Ok(UserRecord {
-        id: row.try_get("id")?,
-        username: row.try_get("username")?,
-        email: row.try_get("email")?,
-        role: Role::parse(&role).ok_or_else(|| corrupt("role", &role))?,
-        enabled: row.try_get("enabled")?,
-        password_hash: row.try_get("password_hash")?,
-        created_at: from_ms(row.try_get("created_at")?),
-        updated_at: from_ms(row.try_get("updated_at")?),
-        last_login_at: row.try_get::<Option<i64>, _>("last_login_at")?.map(from_ms),
-    })
-}
-
-fn token_from_row(row: &PgRow) -> Result<TokenRecord> {
-    let kind: String = row.try_get("kind")?;
-    Ok(TokenRecord {
-        id: row.try_get("id")?,
-        user_id: row.try_get("user_id")?,
-        kind: match kind.as_str() {
-            "session" => TokenKind::Session,
-            "personal" => TokenKind::Personal,
-            _ => return Err(corrupt("token kind", &kind)),
-        },
-        name: row.try_get("name")?,
-        token_hash: row.try_get("token_hash")?,
-        created_at: from_ms(row.try_get("created_at")?),
-        last_used_at: from_ms(row.try_get("last_used_at")?),
-        expires_at: row.try_get::<Option<i64>, _>("expires_at")?.map(from_ms),
-    })
-}
-
-fn event_from_row(row: &PgRow) -> Result<Event> {
-    let id: String = row.try_get("event_id")?;
-    let meta: String = row.try_get("meta")?;
-    let severity: String = row.try_get("severity")?;
-    Ok(Event {
-        event_id: id.parse().map_err(|_| corrupt("event id", &id))?,
-        event_type: row.try_get("event_type")?,
-        timestamp: from_ms(row.try_get("ts")?),
-        user_id: row.try_get("user_id")?,
-        username: row.try_get("username")?,
-        server_id: row.try_get("server_id")?,
-        server_name: row.try_get("server_name")?,
-        target_type: row.try_get("target_type")?,
-        target_id: row.try_get("target_id")?,
-        action: row.try_get("action")?,
-        meta: serde_json::from_str(&meta).map_err(|_| corrupt("event meta", &meta))?,
-        ip: row.try_get("ip")?,
-        user_agent: row.try_get("user_agent")?,
-        severity: Severity::parse(&severity).ok_or_else(|| corrupt("severity", &severity))?,
-    })
 }
 
 /// Append an event. Call it inside a transaction: the lock it takes is held until commit,

@@ -2,42 +2,13 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::postgres::PgRow;
-use sqlx::{Postgres, QueryBuilder, Row};
+use sqlx::{Postgres, QueryBuilder};
 
-use super::{PgStore, corrupt, from_ms, insert_event, ms};
+use super::{PgStore, insert_event};
 use crate::error::Result;
 use crate::events::Event;
+use crate::store::rows::{ms, task_from_row};
 use crate::store::{TaskFilter, TaskRecord, TaskStatus, TaskStore};
-
-fn task_from_row(row: &PgRow) -> Result<TaskRecord> {
-    let status: String = row.try_get("status")?;
-    let opt_ms = |col: &str| -> Result<Option<DateTime<Utc>>> {
-        Ok(row.try_get::<Option<i64>, _>(col)?.map(from_ms))
-    };
-    Ok(TaskRecord {
-        id: row.try_get("id")?,
-        server_id: row.try_get("server_id")?,
-        command: row.try_get("command")?,
-        timeout_secs: row.try_get::<i64, _>("timeout_secs")? as u32,
-        store_output: row.try_get("store_output")?,
-        status: TaskStatus::parse(&status).ok_or_else(|| corrupt("task status", &status))?,
-        cancel_requested: row.try_get("cancel_requested")?,
-        cancelled_by: row.try_get("cancelled_by")?,
-        created_by: row.try_get("created_by")?,
-        created_by_name: row.try_get("created_by_name")?,
-        created_at: from_ms(row.try_get("created_at")?),
-        started_at: opt_ms("started_at")?,
-        finished_at: opt_ms("finished_at")?,
-        exit_code: row
-            .try_get::<Option<i64>, _>("exit_code")?
-            .map(|c| c as i32),
-        stdout: row.try_get("stdout")?,
-        stderr: row.try_get("stderr")?,
-        output_truncated: row.try_get("output_truncated")?,
-        error: row.try_get("error")?,
-    })
-}
 
 fn push_filter<'a>(q: &mut QueryBuilder<'a, Postgres>, f: &'a TaskFilter) {
     q.push(" WHERE 1 = 1");

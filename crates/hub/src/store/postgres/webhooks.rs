@@ -2,101 +2,20 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, Row};
 use std::sync::Arc;
 use tokio::sync::Notify;
 use uuid::Uuid;
 
-use super::{PgStore, corrupt, from_ms, insert_event, ms};
+use super::{PgStore, insert_event};
 use crate::error::{Error, Result};
 use crate::events::Event;
-use crate::store::{
-    AttemptEffects, ChannelFields, DeliveryRecord, JobRecord, NotificationItem, WebhookRecord,
-    WebhookStore,
+use crate::store::rows::{
+    delivery_from_row, from_ms, job_from_row, ms, types_json, webhook_from_row,
 };
-
-fn webhook_from_row(row: &PgRow) -> Result<WebhookRecord> {
-    let types: Option<String> = row.try_get("event_types")?;
-    let event_types = types
-        .map(|t| serde_json::from_str::<Vec<String>>(&t).map_err(|_| corrupt("event_types", &t)))
-        .transpose()?;
-    let opt_ms = |col: &str| -> Result<Option<DateTime<Utc>>> {
-        Ok(row.try_get::<Option<i64>, _>(col)?.map(from_ms))
-    };
-    Ok(WebhookRecord {
-        id: row.try_get("id")?,
-        name: row.try_get("name")?,
-        url: row.try_get("url")?,
-        secret: row.try_get("secret")?,
-        previous_secret: row.try_get("previous_secret")?,
-        previous_secret_expires_at: opt_ms("previous_secret_expires_at")?,
-        enabled: row.try_get("enabled")?,
-        event_types,
-        retry_max: row.try_get::<i64, _>("retry_max")? as u32,
-        timeout_secs: row.try_get::<i64, _>("timeout")? as u32,
-        created_by: row.try_get("created_by")?,
-        created_at: from_ms(row.try_get("created_at")?),
-        updated_at: from_ms(row.try_get("updated_at")?),
-        last_triggered_at: opt_ms("last_triggered_at")?,
-        failing_since: opt_ms("failing_since")?,
-        disabled_reason: row.try_get("disabled_reason")?,
-        channel: match row.try_get::<Option<String>, _>("channel_kind")? {
-            None => None,
-            Some(kind) => Some(ChannelFields {
-                kind,
-                config: row
-                    .try_get::<Option<String>, _>("channel_config")?
-                    .unwrap_or_default(),
-                routing: row
-                    .try_get::<Option<String>, _>("channel_routing")?
-                    .unwrap_or_else(|| "{}".into()),
-            }),
-        },
-    })
-}
-
-fn job_from_row(row: &PgRow) -> Result<JobRecord> {
-    Ok(JobRecord {
-        id: row.try_get("id")?,
-        webhook_id: row.try_get("webhook_id")?,
-        event_id: row.try_get("event_id")?,
-        event_type: row.try_get("event_type")?,
-        payload: row.try_get("payload")?,
-        attempt: row.try_get::<i64, _>("attempt")? as u32,
-        next_attempt_at: from_ms(row.try_get("next_attempt_at")?),
-    })
-}
-
-fn delivery_from_row(row: &PgRow) -> Result<DeliveryRecord> {
-    let status: String = row.try_get("status")?;
-    Ok(DeliveryRecord {
-        id: row.try_get("id")?,
-        webhook_id: row.try_get("webhook_id")?,
-        event_id: row.try_get("event_id")?,
-        event_type: row.try_get("event_type")?,
-        status: match status.as_str() {
-            "success" => "success",
-            "failed" => "failed",
-            "retrying" => "retrying",
-            _ => return Err(corrupt("delivery status", &status)),
-        },
-        status_code: row
-            .try_get::<Option<i64>, _>("status_code")?
-            .map(|c| c as u16),
-        response_body: row.try_get("response_body")?,
-        error: row.try_get("error")?,
-        attempt: row.try_get::<i64, _>("attempt")? as u32,
-        delivered_at: from_ms(row.try_get("delivered_at")?),
-        duration_ms: row.try_get::<i64, _>("duration_ms")? as u64,
-    })
-}
-
-fn types_json(types: &Option<Vec<String>>) -> Option<String> {
-    types
-        .as_ref()
-        .map(|t| serde_json::to_string(t).expect("strings serialise"))
-}
+use crate::store::{
+    AttemptEffects, DeliveryRecord, JobRecord, NotificationItem, WebhookRecord, WebhookStore,
+};
 
 async fn insert_delivery(conn: &mut PgConnection, d: &DeliveryRecord) -> Result<()> {
     sqlx::query(

@@ -2,77 +2,15 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::sqlite::SqliteRow;
-use sqlx::{QueryBuilder, Row, Sqlite};
+use sqlx::{QueryBuilder, Sqlite};
 
-use super::{
-    SqliteStore, conflict_if_taken, corrupt, from_ms, insert_event, is_unique_violation, ms,
-};
+use super::{SqliteStore, insert_event};
 use crate::error::{Error, Result};
-use crate::events::{Event, Severity};
+use crate::events::Event;
+use crate::store::rows::{
+    alert_from_row, channels_json, conflict_if_taken, is_unique_violation, ms, rule_from_row,
+};
 use crate::store::{AlertFilter, AlertRecord, AlertStore, RuleRecord};
-
-fn severity(row: &SqliteRow) -> Result<Severity> {
-    let s: String = row.try_get("severity")?;
-    Severity::parse(&s).ok_or_else(|| corrupt("severity", &s))
-}
-
-fn rule_from_row(row: &SqliteRow) -> Result<RuleRecord> {
-    Ok(RuleRecord {
-        id: row.try_get("id")?,
-        name: row.try_get("name")?,
-        metric: row.try_get("metric")?,
-        mount: row.try_get("mount")?,
-        comparison: row.try_get("comparison")?,
-        threshold: row.try_get("threshold")?,
-        recovery_threshold: row.try_get("recovery_threshold")?,
-        for_secs: row.try_get::<i64, _>("for_secs")? as u32,
-        severity: severity(row)?,
-        scope: row.try_get("scope")?,
-        scope_value: row.try_get("scope_value")?,
-        enabled: row.try_get("enabled")?,
-        channels: match row.try_get::<Option<String>, _>("channels")? {
-            None => None,
-            Some(json) => {
-                Some(serde_json::from_str(&json).map_err(|_| corrupt("rule channels", &json))?)
-            }
-        },
-        created_by: row.try_get("created_by")?,
-        created_at: from_ms(row.try_get("created_at")?),
-        updated_at: from_ms(row.try_get("updated_at")?),
-    })
-}
-
-fn channels_json(r: &RuleRecord) -> Option<String> {
-    r.channels
-        .as_ref()
-        .map(|c| serde_json::to_string(c).expect("strings serialise"))
-}
-
-fn alert_from_row(row: &SqliteRow) -> Result<AlertRecord> {
-    let opt_ms = |col: &str| -> Result<Option<DateTime<Utc>>> {
-        Ok(row.try_get::<Option<i64>, _>(col)?.map(from_ms))
-    };
-    Ok(AlertRecord {
-        id: row.try_get("id")?,
-        rule_id: row.try_get("rule_id")?,
-        rule_name: row.try_get("rule_name")?,
-        server_id: row.try_get("server_id")?,
-        server_name: row.try_get("server_name")?,
-        metric: row.try_get("metric")?,
-        severity: severity(row)?,
-        status: row.try_get("status")?,
-        value: row.try_get("value")?,
-        threshold: row.try_get("threshold")?,
-        pending_since: from_ms(row.try_get("pending_since")?),
-        fired_at: from_ms(row.try_get("fired_at")?),
-        resolved_at: opt_ms("resolved_at")?,
-        resolved_value: row.try_get("resolved_value")?,
-        resolution: row.try_get("resolution")?,
-        acknowledged_by: row.try_get("acknowledged_by")?,
-        acknowledged_at: opt_ms("acknowledged_at")?,
-    })
-}
 
 fn name_taken(e: sqlx::Error) -> Error {
     conflict_if_taken(e, "an alert rule with this name already exists")

@@ -5,43 +5,19 @@ use std::sync::OnceLock;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::sqlite::SqliteRow;
-use sqlx::{Row, SqliteConnection};
+use sqlx::SqliteConnection;
 
-use super::{SqliteStore, conflict_if_taken, corrupt, from_ms, insert_event, ms};
+use super::{SqliteStore, insert_event};
 use crate::error::{Error, Result};
 use crate::events::Event;
 use crate::fleet::metric::Metric;
-use crate::store::{
-    FleetStore, FleetWrite, HistoryPoint, MetricValues, ServerMark, ServerRecord, ServerStatus,
-    Tier,
+use crate::store::rows::{
+    conflict_if_taken, history_point_from_row, inventory_from_row, ms, server_from_row,
+    server_mark_from_row,
 };
-
-fn server_from_row(row: &SqliteRow) -> Result<ServerRecord> {
-    let tags: String = row.try_get("tags")?;
-    let status: String = row.try_get("status")?;
-    let opt_u32 = |col: &str| -> Result<Option<u32>> {
-        Ok(row.try_get::<Option<i64>, _>(col)?.map(|v| v as u32))
-    };
-    Ok(ServerRecord {
-        seq: row.try_get("seq")?,
-        id: row.try_get("id")?,
-        name: row.try_get("name")?,
-        description: row.try_get("description")?,
-        tags: serde_json::from_str(&tags).map_err(|_| corrupt("server tags", &tags))?,
-        token_hash: row.try_get("token_hash")?,
-        is_local: row.try_get("is_local")?,
-        interval_secs: opt_u32("interval_secs")?,
-        status: ServerStatus::parse(&status).ok_or_else(|| corrupt("server status", &status))?,
-        last_seen_at: row.try_get::<Option<i64>, _>("last_seen_at")?.map(from_ms),
-        agent_version: row.try_get("agent_version")?,
-        agent_interval_secs: opt_u32("agent_interval_secs")?,
-        latest_sample: row.try_get("latest_sample")?,
-        created_by: row.try_get("created_by")?,
-        created_at: from_ms(row.try_get("created_at")?),
-        updated_at: from_ms(row.try_get("updated_at")?),
-    })
-}
+use crate::store::{
+    FleetStore, FleetWrite, HistoryPoint, MetricValues, ServerMark, ServerRecord, Tier,
+};
 
 fn name_taken(e: sqlx::Error) -> Error {
     conflict_if_taken(e, "a server with this name already exists")
@@ -202,18 +178,7 @@ impl FleetStore for SqliteStore {
         let rows = sqlx::query("SELECT id, status, last_seen_at, updated_at FROM servers")
             .fetch_all(&self.read)
             .await?;
-        rows.iter()
-            .map(|row| {
-                let status: String = row.try_get("status")?;
-                Ok(ServerMark {
-                    id: row.try_get("id")?,
-                    status: ServerStatus::parse(&status)
-                        .ok_or_else(|| corrupt("server status", &status))?,
-                    last_seen_at: row.try_get::<Option<i64>, _>("last_seen_at")?.map(from_ms),
-                    updated_at: from_ms(row.try_get("updated_at")?),
-                })
-            })
-            .collect()
+        rows.iter().map(server_mark_from_row).collect()
     }
 
     async fn servers_with_ids(&self, ids: &[String]) -> Result<Vec<ServerRecord>> {
@@ -371,14 +336,7 @@ impl FleetStore for SqliteStore {
             .bind(seq)
             .fetch_optional(&self.read)
             .await?;
-        row.map(|r| {
-            Ok((
-                from_ms(r.try_get("received_at")?),
-                from_ms(r.try_get("changed_at")?),
-                r.try_get("data")?,
-            ))
-        })
-        .transpose()
+        row.as_ref().map(inventory_from_row).transpose()
     }
 
     async fn history(
@@ -417,17 +375,7 @@ impl FleetStore for SqliteStore {
             .bind(ms(to))
             .fetch_all(&self.read)
             .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(HistoryPoint {
-                    ts: from_ms(r.try_get("t")?),
-                    min: r.try_get("mn")?,
-                    max: r.try_get("mx")?,
-                    avg: r.try_get("av")?,
-                    last: r.try_get("la")?,
-                })
-            })
-            .collect()
+        rows.iter().map(history_point_from_row).collect()
     }
 
     async fn prune_history(&self, seqs: &[i64], tier: Tier, before: DateTime<Utc>) -> Result<u64> {
