@@ -1,6 +1,6 @@
 //! PostgreSQL: servers, their latest state, inventory and metrics history.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::OnceLock;
 
 use async_trait::async_trait;
@@ -16,7 +16,7 @@ use crate::store::rows::{
     server_mark_from_row,
 };
 use crate::store::{
-    FleetStore, FleetWrite, HistoryPoint, MetricValues, ServerMark, ServerRecord, Tier,
+    FleetStore, FleetWrite, HistoryPoint, MetricValues, ReportWrite, ServerMark, ServerRecord, Tier,
 };
 
 fn name_taken(e: sqlx::Error) -> Error {
@@ -30,23 +30,43 @@ struct Statements {
     upsert_hour: String,
 }
 
+/// The batched statements: each takes one array per column and writes every row of a batch
+/// at once. On PostgreSQL each statement is a round trip; one per report and sample was what
+/// held ingestion back.
 fn statements() -> &'static Statements {
     static STATEMENTS: OnceLock<Statements> = OnceLock::new();
     STATEMENTS.get_or_init(|| {
         let names: Vec<&str> = Metric::ALL.iter().map(|m| m.name()).collect();
+        let mut raw_arrays = vec!["$1::BIGINT[]".to_string(), "$2::BIGINT[]".into()];
+        for i in 0..names.len() {
+            raw_arrays.push(format!("${}::FLOAT8[]", i + 3));
+        }
         let insert_raw = format!(
-            "INSERT INTO metrics_raw (seq, ts, {}) VALUES ({}) ON CONFLICT DO NOTHING",
+            "INSERT INTO metrics_raw (seq, ts, {}) SELECT * FROM UNNEST({})
+             ON CONFLICT DO NOTHING RETURNING seq, ts",
             names.join(", "),
-            placeholders(names.len() + 2)
+            raw_arrays.join(", ")
         );
         let upsert = |table: &str| {
             let mut columns = vec!["seq".to_string(), "bucket".into(), "last_ts".into()];
+            let mut arrays = vec![
+                "$1::BIGINT[]".to_string(),
+                "$2::BIGINT[]".into(),
+                "$3::BIGINT[]".into(),
+            ];
             let mut updates = vec![format!(
                 "last_ts = GREATEST({table}.last_ts, excluded.last_ts)"
             )];
             for m in &names {
-                for part in ["min", "max", "sum", "n", "last"] {
+                for (part, ty) in [
+                    ("min", "FLOAT8"),
+                    ("max", "FLOAT8"),
+                    ("sum", "FLOAT8"),
+                    ("n", "BIGINT"),
+                    ("last", "FLOAT8"),
+                ] {
                     columns.push(format!("{m}_{part}"));
+                    arrays.push(format!("${}::{ty}[]", arrays.len() + 1));
                 }
                 // LEAST() and GREATEST() of PostgreSQL skip NULLs.
                 updates.push(format!(
@@ -65,9 +85,10 @@ fn statements() -> &'static Statements {
                 ));
             }
             format!(
-                "INSERT INTO {table} ({}) VALUES ({}) ON CONFLICT (seq, bucket) DO UPDATE SET {}",
+                "INSERT INTO {table} ({}) SELECT * FROM UNNEST({})
+                 ON CONFLICT (seq, bucket) DO UPDATE SET {}",
                 columns.join(", "),
-                placeholders(columns.len()),
+                arrays.join(", "),
                 updates.join(", ")
             )
         };
@@ -77,14 +98,6 @@ fn statements() -> &'static Statements {
             upsert_hour: upsert("metrics_1h"),
         }
     })
-}
-
-/// `$1, $2, …, $n`.
-fn placeholders(n: usize) -> String {
-    (1..=n)
-        .map(|i| format!("${i}"))
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 /// One metric's summary within a bucket.
@@ -133,19 +146,131 @@ fn add_to(buckets: &mut Buckets, seq: i64, width: i64, ts: i64, values: &MetricV
 }
 
 async fn upsert_buckets(conn: &mut PgConnection, sql: &str, buckets: &Buckets) -> Result<()> {
-    for ((seq, bucket), b) in buckets {
-        let mut q = sqlx::query(sql).bind(seq).bind(bucket).bind(b.last_ts);
-        for s in &b.metrics {
-            q = q
-                .bind(s.min)
-                .bind(s.max)
-                .bind(s.sum)
-                .bind(s.n)
-                .bind(s.last.map(|(_, v)| v));
-        }
-        q.execute(&mut *conn).await?;
+    if buckets.is_empty() {
+        return Ok(());
     }
+    let mut keys: [Vec<i64>; 3] = Default::default();
+    let columns = || -> Vec<Vec<Option<f64>>> {
+        (0..Metric::COUNT)
+            .map(|_| Vec::with_capacity(buckets.len()))
+            .collect()
+    };
+    let (mut mins, mut maxs, mut lasts) = (columns(), columns(), columns());
+    let mut sums: Vec<Vec<f64>> = (0..Metric::COUNT)
+        .map(|_| Vec::with_capacity(buckets.len()))
+        .collect();
+    let mut counts: Vec<Vec<i64>> = (0..Metric::COUNT)
+        .map(|_| Vec::with_capacity(buckets.len()))
+        .collect();
+    for ((seq, bucket), b) in buckets {
+        keys[0].push(*seq);
+        keys[1].push(*bucket);
+        keys[2].push(b.last_ts);
+        for (i, s) in b.metrics.iter().enumerate() {
+            mins[i].push(s.min);
+            maxs[i].push(s.max);
+            sums[i].push(s.sum);
+            counts[i].push(s.n);
+            lasts[i].push(s.last.map(|(_, v)| v));
+        }
+    }
+    let mut q = sqlx::query(sql)
+        .bind(&keys[0])
+        .bind(&keys[1])
+        .bind(&keys[2]);
+    for i in 0..Metric::COUNT {
+        q = q
+            .bind(&mins[i])
+            .bind(&maxs[i])
+            .bind(&sums[i])
+            .bind(&counts[i])
+            .bind(&lasts[i]);
+    }
+    q.execute(&mut *conn).await?;
     Ok(())
+}
+
+/// Record each server's latest state from the batch's reports, in one statement; the servers
+/// still there (a server deleted while its report waited is skipped).
+async fn update_servers(conn: &mut PgConnection, reports: &[&ReportWrite]) -> Result<HashSet<i64>> {
+    if reports.is_empty() {
+        return Ok(HashSet::new());
+    }
+    // One row per server (an UPDATE … FROM takes one match per row): the batch is in arrival
+    // order, so a later report's agent fields and latest sample win.
+    let mut order = Vec::new();
+    let mut by_seq: HashMap<i64, (i64, &str, i64, Option<&str>)> = HashMap::new();
+    for r in reports {
+        let latest = r.latest.as_ref().map(|(_, json)| json.as_str());
+        let row = by_seq.entry(r.seq).or_insert_with(|| {
+            order.push(r.seq);
+            (ms(r.seen_at), "", 0, None)
+        });
+        row.0 = row.0.max(ms(r.seen_at));
+        row.1 = &r.agent_version;
+        row.2 = i64::from(r.agent_interval_secs);
+        row.3 = latest.or(row.3);
+    }
+    let rows: Vec<_> = order.iter().map(|seq| (*seq, by_seq[seq])).collect();
+    let known: Vec<i64> = sqlx::query_scalar(
+        "UPDATE servers s SET last_seen_at = GREATEST(s.last_seen_at, u.seen),
+            agent_version = u.version, agent_interval_secs = u.interval,
+            latest_sample = COALESCE(u.latest, s.latest_sample)
+         FROM UNNEST($1::BIGINT[], $2::BIGINT[], $3::TEXT[], $4::BIGINT[], $5::TEXT[])
+            AS u(seq, seen, version, interval, latest)
+         WHERE s.seq = u.seq
+         RETURNING s.seq",
+    )
+    .bind(rows.iter().map(|(seq, _)| *seq).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(_, r)| r.0).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(_, r)| r.1).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(_, r)| r.2).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(_, r)| r.3).collect::<Vec<_>>())
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(known.into_iter().collect())
+}
+
+/// Store the samples of the reports of known servers in one statement, and add those newly
+/// stored to the rollup buckets. Returns how many were stored: a sample sent twice (its
+/// answer was lost) is stored and counted once.
+async fn insert_samples(
+    conn: &mut PgConnection,
+    reports: &[&ReportWrite],
+    known: &HashSet<i64>,
+    minutes: &mut Buckets,
+    hours: &mut Buckets,
+) -> Result<u64> {
+    let samples: Vec<(i64, i64, &MetricValues)> = reports
+        .iter()
+        .filter(|r| known.contains(&r.seq))
+        .flat_map(|r| r.samples.iter().map(|(ts, v)| (r.seq, ms(*ts), v)))
+        .collect();
+    if samples.is_empty() {
+        return Ok(0);
+    }
+    let mut q = sqlx::query(&statements().insert_raw)
+        .bind(samples.iter().map(|s| s.0).collect::<Vec<_>>())
+        .bind(samples.iter().map(|s| s.1).collect::<Vec<_>>());
+    for i in 0..Metric::COUNT {
+        q = q.bind(samples.iter().map(|s| s.2[i]).collect::<Vec<_>>());
+    }
+    let mut inserted: HashSet<(i64, i64)> = q
+        .fetch_all(&mut *conn)
+        .await?
+        .iter()
+        .map(|row| Ok((row.try_get("seq")?, row.try_get("ts")?)))
+        .collect::<Result<_>>()?;
+    let mut stored = 0;
+    // The first of two copies in one batch is the one stored.
+    for (seq, ts, values) in samples {
+        if inserted.remove(&(seq, ts)) {
+            stored += 1;
+            add_to(minutes, seq, Tier::Minute.width_ms(), ts, values);
+            add_to(hours, seq, Tier::Hour.width_ms(), ts, values);
+        }
+    }
+    Ok(stored)
 }
 
 #[async_trait]
@@ -252,8 +377,6 @@ impl FleetStore for PgStore {
     }
 
     async fn write_fleet(&self, writes: &[FleetWrite]) -> Result<u64> {
-        let mut stored = 0;
-        let sql = statements();
         let mut minutes = Buckets::new();
         let mut hours = Buckets::new();
         let mut wrote_event = false;
@@ -265,72 +388,49 @@ impl FleetStore for PgStore {
         } else {
             self.write.begin().await?
         };
+        // Reports and status changes touch different columns, so the batch's reports are
+        // written together, whatever their order among status changes.
+        let reports: Vec<&ReportWrite> = writes
+            .iter()
+            .filter_map(|w| match w {
+                FleetWrite::Report(r) => Some(r),
+                FleetWrite::Status { .. } => None,
+            })
+            .collect();
+        let known = update_servers(&mut tx, &reports).await?;
+        let stored = insert_samples(&mut tx, &reports, &known, &mut minutes, &mut hours).await?;
+        for r in reports.iter().filter(|r| known.contains(&r.seq)) {
+            let Some(inventory) = &r.inventory else {
+                continue;
+            };
+            sqlx::query(
+                "INSERT INTO inventory (seq, received_at, changed_at, data) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (seq) DO UPDATE SET received_at = excluded.received_at,
+                    changed_at = CASE WHEN inventory.data = excluded.data THEN inventory.changed_at
+                        ELSE excluded.changed_at END,
+                    data = excluded.data",
+            )
+            .bind(r.seq)
+            .bind(ms(r.seen_at))
+            .bind(ms(r.seen_at))
+            .bind(inventory)
+            .execute(&mut *tx)
+            .await?;
+        }
         for write in writes {
-            match write {
-                FleetWrite::Report(r) => {
-                    let (latest_ts, latest) = match &r.latest {
-                        Some((ts, json)) => (Some(ms(*ts)), Some(json.as_str())),
-                        None => (None, None),
-                    };
-                    let known = sqlx::query(
-                        "UPDATE servers SET last_seen_at = GREATEST(last_seen_at, $1),
-                            agent_version = $2, agent_interval_secs = $3,
-                            latest_sample = CASE WHEN $4 IS NOT NULL THEN $5 ELSE latest_sample END
-                         WHERE seq = $6",
-                    )
-                    .bind(ms(r.seen_at))
-                    .bind(&r.agent_version)
-                    .bind(i64::from(r.agent_interval_secs))
-                    .bind(latest_ts)
-                    .bind(latest)
-                    .bind(r.seq)
+            if let FleetWrite::Status { seq, status, event } = write {
+                let done = sqlx::query("UPDATE servers SET status = $1 WHERE seq = $2")
+                    .bind(status.as_str())
+                    .bind(seq)
                     .execute(&mut *tx)
                     .await?;
-                    if known.rows_affected() == 0 {
-                        continue; // deleted while its report waited
-                    }
-                    for (ts, values) in &r.samples {
-                        let ts = ms(*ts);
-                        let mut q = sqlx::query(&sql.insert_raw).bind(r.seq).bind(ts);
-                        for v in values {
-                            q = q.bind(*v);
-                        }
-                        // A sample sent twice (its answer was lost) is stored and counted once.
-                        if q.execute(&mut *tx).await?.rows_affected() == 1 {
-                            stored += 1;
-                            add_to(&mut minutes, r.seq, Tier::Minute.width_ms(), ts, values);
-                            add_to(&mut hours, r.seq, Tier::Hour.width_ms(), ts, values);
-                        }
-                    }
-                    if let Some(inventory) = &r.inventory {
-                        sqlx::query(
-                            "INSERT INTO inventory (seq, received_at, changed_at, data) VALUES ($1, $2, $3, $4)
-                             ON CONFLICT (seq) DO UPDATE SET received_at = excluded.received_at,
-                                changed_at = CASE WHEN inventory.data = excluded.data THEN inventory.changed_at
-                                    ELSE excluded.changed_at END,
-                                data = excluded.data",
-                        )
-                        .bind(r.seq)
-                        .bind(ms(r.seen_at))
-                        .bind(ms(r.seen_at))
-                        .bind(inventory)
-                        .execute(&mut *tx)
-                        .await?;
-                    }
-                }
-                FleetWrite::Status { seq, status, event } => {
-                    let done = sqlx::query("UPDATE servers SET status = $1 WHERE seq = $2")
-                        .bind(status.as_str())
-                        .bind(seq)
-                        .execute(&mut *tx)
-                        .await?;
-                    if done.rows_affected() == 1 {
-                        insert_event(&mut tx, event).await?;
-                        wrote_event = true;
-                    }
+                if done.rows_affected() == 1 {
+                    insert_event(&mut tx, event).await?;
+                    wrote_event = true;
                 }
             }
         }
+        let sql = statements();
         upsert_buckets(&mut tx, &sql.upsert_minute, &minutes).await?;
         upsert_buckets(&mut tx, &sql.upsert_hour, &hours).await?;
         tx.commit().await?;
