@@ -98,7 +98,12 @@ impl Hub {
     /// `registry`, start the workers and serve HTTP.
     pub async fn start_with(config: Config, registry: PluginRegistry) -> anyhow::Result<Hub> {
         let store = open_store(&config).await?;
-        let auth = AuthService::new(store.clone(), config.auth.clone());
+        let mut auth = AuthService::new(store.clone(), config.auth.clone());
+        if crate::store::Backend::of_url(&config.effective_database_url())
+            == Some(crate::store::Backend::Postgres)
+        {
+            auth = auth.with_token_cache(crate::cluster::SYNC_EVERY);
+        }
         let users = UserService::new(store.clone(), auth.clone());
 
         let listener = tokio::net::TcpListener::bind(&config.listen)

@@ -70,6 +70,8 @@ pub struct AuthService {
     limiter: Arc<LoginLimiter>,
     /// Hash checked for unknown usernames so that they take as long as wrong passwords.
     decoy_hash: Arc<OnceCell<String>>,
+    /// Tokens recently checked, by digest, with their owner (see [`Self::with_token_cache`]).
+    recent: Option<moka::sync::Cache<String, (TokenRecord, UserRecord)>>,
 }
 
 impl AuthService {
@@ -81,6 +83,29 @@ impl AuthService {
             cfg,
             limiter,
             decoy_hash: Arc::new(OnceCell::new()),
+            recent: None,
+        }
+    }
+
+    /// Keep checked tokens for `ttl`, so that a client's requests do not each read the
+    /// database: on PostgreSQL that read is a round trip, and at thousands of API requests a
+    /// second it took the database's CPU from report ingestion. A change through this hub
+    /// (logout, revocation, a user edited or deleted) forgets them all at once; one through
+    /// another hub is seen within `ttl`, as other hubs' changes are (cluster sync).
+    pub fn with_token_cache(mut self, ttl: Duration) -> Self {
+        self.recent = Some(
+            moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(ttl)
+                .build(),
+        );
+        self
+    }
+
+    /// Forget every cached token check: after a change that can end sessions or tokens.
+    pub fn forget_tokens(&self) {
+        if let Some(recent) = &self.recent {
+            recent.invalidate_all();
         }
     }
 
@@ -230,22 +255,43 @@ impl AuthService {
         if !token.starts_with(token::SESSION_PREFIX) && !token.starts_with(token::PERSONAL_PREFIX) {
             return Err(unauthorized());
         }
-        let Some((record, user)) = self.store.token_with_owner(&token::digest(token)).await? else {
-            return Err(unauthorized());
+        let digest = token::digest(token);
+        let cached = self.recent.as_ref().and_then(|c| c.get(&digest));
+        let from_cache = cached.is_some();
+        let (mut record, user) = match cached {
+            Some(hit) => hit,
+            None => match self.store.token_with_owner(&digest).await? {
+                Some(found) => found,
+                None => return Err(unauthorized()),
+            },
         };
         let now = Utc::now();
         let idle = secs(self.cfg.session_idle_secs);
         let expired = record.expires_at.is_some_and(|at| at <= now)
             || (record.kind == TokenKind::Session && record.last_used_at + idle <= now);
         if expired {
+            if let Some(recent) = &self.recent {
+                recent.invalidate(&digest);
+            }
             self.store.delete_expired_token(&record.id).await?;
             return Err(unauthorized());
         }
         // Recording every use would put a write on every request; a coarse stamp is enough to
         // enforce the idle timeout.
         let stamp_every = (idle / 4).min(chrono::Duration::seconds(60));
-        if now - record.last_used_at >= stamp_every {
+        let touch = now - record.last_used_at >= stamp_every;
+        if touch {
             self.store.touch_token(&record.id, now).await?;
+            record.last_used_at = now;
+        }
+        // Kept from the database read only, never renewed by use: the entry's age bounds how
+        // long a change made through another hub goes unseen.
+        if let Some(recent) = &self.recent {
+            if !from_cache {
+                recent.insert(digest, (record.clone(), user.clone()));
+            } else if touch {
+                recent.invalidate(&digest);
+            }
         }
         Ok(Caller {
             origin: Origin {
@@ -275,6 +321,7 @@ impl AuthService {
         self.store
             .delete_token(&caller.user_id, &caller.token_id, &event)
             .await?;
+        self.forget_tokens();
         Ok(())
     }
 
@@ -336,6 +383,7 @@ impl AuthService {
         self.store
             .delete_token(&caller.user_id, token_id, &event)
             .await?;
+        self.forget_tokens();
         Ok(())
     }
 

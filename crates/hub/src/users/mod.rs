@@ -271,6 +271,8 @@ impl UserService {
         self.store
             .update_user(&user, revoke_sessions, &event)
             .await?;
+        // A role, a disabled account or ended sessions must count at once on this hub.
+        self.auth.forget_tokens();
         Ok(user)
     }
 
@@ -297,6 +299,8 @@ impl UserService {
         let event = Event::new(EventType::UserDeleted, origin)
             .target("user", id)
             .meta("target_username", user.username);
-        self.store.delete_user(id, &event).await
+        self.store.delete_user(id, &event).await?;
+        self.auth.forget_tokens();
+        Ok(())
     }
 }

@@ -607,6 +607,41 @@ async fn two_hubs_show_one_fleet_and_judge_it_once() {
         StatusCode::UNAUTHORIZED,
         "a deleted server's token is refused"
     );
+
+    // A token revoked on one hub stops working on the other (which caches token checks).
+    let (status, created) = leader
+        .send_json(
+            Method::POST,
+            "/api/users/me/tokens",
+            &leader.admin_token,
+            json!({ "name": "ci" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let token = created["token"].as_str().unwrap();
+    let token_id = created["token_id"].as_str().unwrap();
+    assert_eq!(other.get("/api/users/me", token).await.0, StatusCode::OK);
+    let (status, _) = leader
+        .send_json(
+            Method::DELETE,
+            &format!("/api/users/me/tokens/{token_id}"),
+            &leader.admin_token,
+            json!({}),
+        )
+        .await;
+    assert!(status.is_success(), "{status}");
+    assert_eq!(
+        leader.get("/api/users/me", token).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    eventually(
+        Duration::from_secs(10),
+        "the token refused by the other hub",
+        || async {
+            (other.get("/api/users/me", token).await.0 == StatusCode::UNAUTHORIZED).then_some(())
+        },
+    )
+    .await;
     leader.stop().await;
     other.stop().await;
 }
