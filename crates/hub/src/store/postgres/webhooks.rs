@@ -319,6 +319,9 @@ impl WebhookStore for PgStore {
         lease_margin: std::time::Duration,
         per_webhook: usize,
     ) -> Result<Option<(JobRecord, WebhookRecord)>> {
+        // The webhooks at their limit are counted once, not once per candidate job: when every
+        // webhook was busy, a correlated count made a claim read the whole queue (100 ms at
+        // 8,000 jobs), and idle workers of several hubs kept PostgreSQL busy with it.
         let row = sqlx::query(
             "UPDATE webhook_jobs SET locked_until = $1 + $2
                 + 2000 * (SELECT timeout FROM webhooks w WHERE w.id = webhook_jobs.webhook_id)
@@ -326,8 +329,9 @@ impl WebhookStore for PgStore {
                 SELECT j.id FROM webhook_jobs j JOIN webhooks w ON w.id = j.webhook_id
                 WHERE w.enabled AND j.next_attempt_at <= $1
                   AND (j.locked_until IS NULL OR j.locked_until <= $1)
-                  AND (SELECT COUNT(*) FROM webhook_jobs k
-                       WHERE k.webhook_id = j.webhook_id AND k.locked_until > $1) < $3
+                  AND j.webhook_id NOT IN (
+                       SELECT k.webhook_id FROM webhook_jobs k WHERE k.locked_until > $1
+                       GROUP BY k.webhook_id HAVING COUNT(*) >= $3)
                 ORDER BY j.next_attempt_at, j.id LIMIT 1
                 FOR UPDATE OF j SKIP LOCKED)
              RETURNING *",
@@ -537,6 +541,16 @@ fn settle(store: &PgStore, batch: Vec<Finish>, result: Result<(bool, bool)>) {
     }
 }
 
+/// What a batch of attempts does to one webhook's row: its latest attempt, whether one
+/// succeeded, the first failure since the last success, and a verdict to disable it.
+#[derive(Default)]
+struct Touched<'a> {
+    last: i64,
+    succeeded: bool,
+    failing_since: Option<i64>,
+    disable: Option<(&'a (String, Event), i64)>,
+}
+
 async fn finish_batch(store: &PgStore, batch: &[Finish]) -> Result<(bool, bool)> {
     let mut tx = if batch.iter().any(|f| f.disable.is_some()) {
         store.begin_events().await?
@@ -544,6 +558,7 @@ async fn finish_batch(store: &PgStore, batch: &[Finish]) -> Result<(bool, bool)>
         store.write.begin().await?
     };
     let (mut wrote_event, mut retrying) = (false, false);
+    let mut touched: std::collections::BTreeMap<&str, Touched> = Default::default();
     for f in batch {
         insert_delivery(&mut tx, &f.delivery).await?;
         match f.retry_at {
@@ -567,26 +582,40 @@ async fn finish_batch(store: &PgStore, batch: &[Finish]) -> Result<(bool, bool)>
             }
         }
         let stamp = ms(f.delivery.delivered_at);
-        let failing_since = if f.succeeded { None } else { Some(stamp) };
+        let webhook = touched.entry(f.job.webhook_id.as_str()).or_default();
+        webhook.last = webhook.last.max(stamp);
+        if f.succeeded {
+            webhook.succeeded = true;
+            webhook.failing_since = None;
+        } else {
+            webhook.failing_since.get_or_insert(stamp);
+        }
+        if let Some(disable) = &f.disable {
+            webhook.disable.get_or_insert((disable, stamp));
+        }
+    }
+    // Each webhook's row once, in id order: two hubs recording attempts for the same webhooks
+    // take the row locks in the same order, so they queue instead of deadlocking.
+    for (id, w) in &touched {
         sqlx::query(
-            "UPDATE webhooks SET last_triggered_at = $1,
-                failing_since = CASE WHEN $2 IS NULL THEN NULL ELSE COALESCE(failing_since, $3) END
+            "UPDATE webhooks SET last_triggered_at = GREATEST(last_triggered_at, $1),
+                failing_since = CASE WHEN $2 THEN $3 ELSE COALESCE(failing_since, $3) END
              WHERE id = $4",
         )
-        .bind(stamp)
-        .bind(failing_since)
-        .bind(failing_since)
-        .bind(&f.job.webhook_id)
+        .bind(w.last)
+        .bind(w.succeeded)
+        .bind(w.failing_since)
+        .bind(id)
         .execute(&mut *tx)
         .await?;
-        if let Some((reason, event)) = &f.disable {
+        if let Some(((reason, event), stamp)) = w.disable {
             let done = sqlx::query(
                 "UPDATE webhooks SET enabled = FALSE, disabled_reason = $1, updated_at = $2
                  WHERE id = $3 AND enabled",
             )
             .bind(reason)
             .bind(stamp)
-            .bind(&f.job.webhook_id)
+            .bind(id)
             .execute(&mut *tx)
             .await?;
             // Several workers may conclude the same: only the first disables and tells.

@@ -4,8 +4,6 @@
 //! which `.ci/run` provides. Tests that need it are `#[ignore]`d in plain `cargo test`.
 //! `SMON_TEST_BACKEND=postgres` runs every hub of the suite on PostgreSQL too.
 
-use sqlx::Connection;
-
 /// The server's maintenance URL.
 pub fn server_url() -> String {
     std::env::var("SMON_TEST_POSTGRES")
@@ -18,30 +16,9 @@ pub fn suite_on_postgres() -> bool {
 }
 
 /// Create an empty database and return its URL. Databases are named `smon_test_<uuid>`;
-/// they are left behind for post-mortems (`.ci/run` drops them at the end).
-pub async fn fresh_database() -> String {
-    let server = server_url();
-    let name = format!("smon_test_{}", uuid::Uuid::now_v7().simple());
-    let mut conn = sqlx::PgConnection::connect(&server)
-        .await
-        .unwrap_or_else(|e| panic!("PostgreSQL at {server} is needed by this test: {e}"));
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&mut conn)
-        .await
-        .expect("create a test database");
-    let _ = conn.close().await;
-    let base = server.rsplit_once('/').map_or(server.as_str(), |(b, _)| b);
-    format!("{base}/{name}")
-}
-
-/// The database of a test's data directory: made on first use and remembered in the
-/// directory, so a hub restarted on it, or the CLI run on it, finds its data. Synchronous
+/// they are left behind for post-mortems (`.ci/run` drops them at the end). Synchronous
 /// (psql), for the harness's plain functions too.
-pub fn database_of(dir: &std::path::Path) -> String {
-    let file = dir.join(URL_FILE);
-    if let Ok(url) = std::fs::read_to_string(&file) {
-        return url;
-    }
+pub fn create_database() -> String {
     let server = server_url();
     let name = format!("smon_test_{}", uuid::Uuid::now_v7().simple());
     let out = std::process::Command::new("psql")
@@ -55,11 +32,28 @@ pub fn database_of(dir: &std::path::Path) -> String {
         .expect("psql runs");
     assert!(
         out.status.success(),
-        "cannot create a test database on {server}: {}",
+        "PostgreSQL at {server} is needed by this test: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     let base = server.rsplit_once('/').map_or(server.as_str(), |(b, _)| b);
-    let url = format!("{base}/{name}");
+    format!("{base}/{name}")
+}
+
+/// [`create_database`] for async tests.
+pub async fn fresh_database() -> String {
+    tokio::task::spawn_blocking(create_database)
+        .await
+        .expect("database creation")
+}
+
+/// The database of a test's data directory: made on first use and remembered in the
+/// directory, so a hub restarted on it, or the CLI run on it, finds its data.
+pub fn database_of(dir: &std::path::Path) -> String {
+    let file = dir.join(URL_FILE);
+    if let Ok(url) = std::fs::read_to_string(&file) {
+        return url;
+    }
+    let url = create_database();
     std::fs::write(&file, &url).expect("remember the test database");
     url
 }
