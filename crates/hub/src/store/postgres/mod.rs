@@ -1,10 +1,11 @@
 //! PostgreSQL backend, for several hubs on one database (DESIGN section 8).
 //!
-//! The SQL mirrors the SQLite backend's statement for statement; what differs is the
-//! dialect (`$n` parameters, `GREATEST`, `ON CONFLICT DO NOTHING`) and what several writers
-//! need: the event log is appended under a transaction-level advisory lock, so event sequence
-//! numbers commit in order and the dispatcher's "everything up to seq N" stays true; jobs are
-//! claimed with `FOR UPDATE SKIP LOCKED`.
+//! The SQL mirrors the SQLite backend's; what differs is the dialect (`$n` parameters,
+//! `GREATEST`, `ON CONFLICT DO NOTHING`), what several writers need (the event log appended
+//! under a transaction-level advisory lock, so event sequence numbers commit in order and the
+//! dispatcher's "everything up to seq N" stays true; jobs claimed with `FOR UPDATE SKIP
+//! LOCKED`; rows locked in one order), and fewer round trips where they cost (ingest batches
+//! written with one statement per kind of row).
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -487,9 +487,8 @@ pub(super) struct Finish {
 const FINISH_BATCH: usize = 128;
 
 /// Record attempts in batches: whatever the delivery workers finished while the previous
-/// batch committed goes into one transaction. Each attempt is several statements, and on
-/// SQLite every statement is a hand-off to the connection's thread: batching is what lets
-/// deliveries outpace that (a profile showed the hand-offs, not SQLite, as the limit).
+/// batch committed goes into one transaction, so many attempts share one commit (one WAL
+/// flush) instead of each waiting for its own.
 pub(super) async fn run_finisher(
     store: PgStore,
     mut requests: tokio::sync::mpsc::UnboundedReceiver<Finish>,
