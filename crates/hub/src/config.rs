@@ -803,21 +803,49 @@ fn apply_env(
     Ok(())
 }
 
-/// A database URL with any password replaced, for messages.
+/// A database URL with any password replaced, for messages: the one before `@` and a
+/// `password=` query parameter (PostgreSQL accepts both).
 pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
+    let url = match (url.find("://"), url.rfind('@')) {
         (Some(scheme_end), Some(at)) if at > scheme_end => {
             let creds = &url[scheme_end + 3..at];
             let user = creds.split(':').next().unwrap_or("");
             format!("{}://{}:***@{}", &url[..scheme_end], user, &url[at + 1..])
         }
         _ => url.to_string(),
-    }
+    };
+    let Some((base, query)) = url.split_once('?') else {
+        return url;
+    };
+    let query: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((key, _)) if key.eq_ignore_ascii_case("password") => format!("{key}=***"),
+            _ => pair.to_string(),
+        })
+        .collect();
+    format!("{base}?{}", query.join("&"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn database_passwords_are_redacted_wherever_the_url_has_them() {
+        assert_eq!(
+            redact_url("postgres://smon:s3cret@db:5432/smon?sslmode=require"),
+            "postgres://smon:***@db:5432/smon?sslmode=require"
+        );
+        assert_eq!(
+            redact_url("postgres://db/smon?user=smon&password=s3cret&sslmode=require"),
+            "postgres://db/smon?user=smon&password=***&sslmode=require"
+        );
+        assert_eq!(
+            redact_url("sqlite:///var/lib/smon.db"),
+            "sqlite:///var/lib/smon.db"
+        );
+    }
 
     fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
         pairs
