@@ -1012,8 +1012,13 @@ pub async fn run_evaluator(
             Some(o) = observations.reports.recv() => if leadership.is_leader() {
                 alerts.observe(o).await
             },
-            _ = sweep.tick(), if leadership.is_leader() => alerts.sweep().await,
-            _ = tick.tick(), if leadership.is_leader() => alerts.tick(Utc::now()).await,
+            // Leadership is asked at each tick (not as a `select!` guard, read only once).
+            _ = sweep.tick() => if leadership.is_leader() {
+                alerts.sweep().await
+            },
+            _ = tick.tick() => if leadership.is_leader() {
+                alerts.tick(Utc::now()).await
+            },
         }
     }
 }

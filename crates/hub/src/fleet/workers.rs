@@ -18,7 +18,9 @@ pub async fn run_offline_detector(
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            _ = tick.tick(), if leadership.is_leader() => {
+            // The tick always fires and leadership is asked inside: a `select!` guard is read
+            // once per call, and a false one would leave this waiting for shutdown alone.
+            _ = tick.tick() => if leadership.is_leader() {
                 let n = fleet.detect_offline().await;
                 if n > 0 {
                     tracing::info!(servers = n, "servers went offline");

@@ -657,10 +657,13 @@ pub async fn run_reconciler(
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            _ = tick.tick(), if leadership.is_leader() => match tasks.reconcile(Utc::now()).await {
-                Ok(0) => {}
-                Ok(n) => tracing::warn!(tasks = n, "tasks failed: no result within their timeout, or never picked up"),
-                Err(e) => tracing::warn!(error = %e, "task reconciliation failed"),
+            // Leadership is asked at each tick (not as a `select!` guard, read only once).
+            _ = tick.tick() => if leadership.is_leader() {
+                match tasks.reconcile(Utc::now()).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::warn!(tasks = n, "tasks failed: no result within their timeout, or never picked up"),
+                    Err(e) => tracing::warn!(error = %e, "task reconciliation failed"),
+                }
             },
         }
     }

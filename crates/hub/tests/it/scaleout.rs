@@ -642,6 +642,28 @@ async fn two_hubs_show_one_fleet_and_judge_it_once() {
         },
     )
     .await;
+
+    // The leader stops: the other hub takes over its once-only work. A server that reports
+    // once and falls silent is marked offline by the new leader.
     leader.stop().await;
+    let (status, created) = other
+        .send_json(
+            Method::POST,
+            "/api/servers",
+            &other.admin_token,
+            json!({ "name": "web-2", "interval_secs": 1 }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let id = created["server_id"].as_str().unwrap().to_string();
+    let agent_token = created["agent_token"].as_str().unwrap().to_string();
+    let (status, _) = other.post_report(&agent_token, &report(20.0)).await;
+    assert_eq!(status, StatusCode::OK);
+    eventually(
+        Duration::from_secs(30),
+        "offline, judged by the new leader",
+        || async { (other.server(&id).await["status"] == "offline").then_some(()) },
+    )
+    .await;
     other.stop().await;
 }

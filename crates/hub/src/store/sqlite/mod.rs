@@ -485,7 +485,7 @@ impl EventStore for SqliteStore {
         q.push(" ORDER BY seq DESC LIMIT ")
             .push_bind(i64::from(f.limit))
             .push(" OFFSET ")
-            .push_bind(f.offset as i64);
+            .push_bind(i64::try_from(f.offset).unwrap_or(i64::MAX));
         let rows = q.build().fetch_all(&self.read).await?;
         let events = rows
             .iter()
@@ -542,35 +542,19 @@ impl Store for SqliteStore {
         self.write.close().await;
     }
 
-    /// One hub per SQLite database: it takes the lease whoever had it (the previous run of
-    /// this hub, killed before it could resign).
+    /// One hub per SQLite database: it always leads, without writing (a database that
+    /// refuses writes for a while must not cost it the lease). `hub_leases` stays empty here.
     async fn try_lease(
         &self,
-        name: &str,
-        holder: &str,
+        _name: &str,
+        _holder: &str,
         _now: DateTime<Utc>,
-        until: DateTime<Utc>,
+        _until: DateTime<Utc>,
     ) -> Result<bool> {
-        let row = sqlx::query(
-            "INSERT INTO hub_leases (name, holder, expires_at) VALUES (?1, ?2, ?3)
-             ON CONFLICT (name) DO UPDATE SET holder = excluded.holder,
-                expires_at = excluded.expires_at
-             RETURNING holder",
-        )
-        .bind(name)
-        .bind(holder)
-        .bind(ms(until))
-        .fetch_optional(&self.write)
-        .await?;
-        Ok(row.is_some())
+        Ok(true)
     }
 
-    async fn release_lease(&self, name: &str, holder: &str) -> Result<()> {
-        sqlx::query("DELETE FROM hub_leases WHERE name = ?1 AND holder = ?2")
-            .bind(name)
-            .bind(holder)
-            .execute(&self.write)
-            .await?;
+    async fn release_lease(&self, _name: &str, _holder: &str) -> Result<()> {
         Ok(())
     }
 }
