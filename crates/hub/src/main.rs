@@ -153,7 +153,7 @@ async fn migrate_data(from: &str, to: &str) -> anyhow::Result<()> {
         .collect();
     if !wrong.is_empty() {
         bail!(
-            "the copy does not match the source in: {}",
+            "the copy does not match the source in: {}; nothing was written",
             wrong.join(", ")
         );
     }

@@ -72,6 +72,9 @@ pub struct AuthService {
     decoy_hash: Arc<OnceCell<String>>,
     /// Tokens recently checked, by digest, with their owner (see [`Self::with_token_cache`]).
     recent: Option<moka::sync::Cache<String, (TokenRecord, UserRecord)>>,
+    /// Bumped by [`Self::forget_tokens`]: a check that read the database before a change and
+    /// finished after it must not put the old answer back.
+    forgotten: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl AuthService {
@@ -84,6 +87,7 @@ impl AuthService {
             limiter,
             decoy_hash: Arc::new(OnceCell::new()),
             recent: None,
+            forgotten: Arc::default(),
         }
     }
 
@@ -105,6 +109,8 @@ impl AuthService {
     /// Forget every cached token check: after a change that can end sessions or tokens.
     pub fn forget_tokens(&self) {
         if let Some(recent) = &self.recent {
+            self.forgotten
+                .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
             recent.invalidate_all();
         }
     }
@@ -256,6 +262,7 @@ impl AuthService {
             return Err(unauthorized());
         }
         let digest = token::digest(token);
+        let generation = self.forgotten.load(std::sync::atomic::Ordering::Acquire);
         let cached = self.recent.as_ref().and_then(|c| c.get(&digest));
         let from_cache = cached.is_some();
         let (mut record, user) = match cached {
@@ -287,7 +294,8 @@ impl AuthService {
         // Kept from the database read only, never renewed by use: the entry's age bounds how
         // long a change made through another hub goes unseen.
         if let Some(recent) = &self.recent {
-            if !from_cache {
+            let unchanged = self.forgotten.load(std::sync::atomic::Ordering::Acquire) == generation;
+            if !from_cache && unchanged {
                 recent.insert(digest, (record.clone(), user.clone()));
             } else if touch {
                 recent.invalidate(&digest);

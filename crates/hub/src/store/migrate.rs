@@ -67,7 +67,8 @@ enum Cell {
 
 /// Copy everything from the SQLite database at `from` into the empty PostgreSQL database at
 /// `to` (migrated first), and return the counts of both. The hub must be stopped: what it
-/// writes during the copy would be missed. Nothing is written to `to` unless all of it is.
+/// writes during the copy would be missed. Nothing is written to `to` unless all of it is
+/// and every count matches.
 pub async fn sqlite_to_postgres(from: &str, to: &str) -> Result<Vec<TableCount>> {
     if Backend::of_url(from) != Some(Backend::Sqlite) {
         return Err(Error::BadRequest(format!(
@@ -101,6 +102,7 @@ pub async fn sqlite_to_postgres(from: &str, to: &str) -> Result<Vec<TableCount>>
 }
 
 async fn copy(source: &SqliteStore, target: &PgStore) -> Result<Vec<TableCount>> {
+    check_tables_known(target).await?;
     let taken: i64 = sqlx::query_scalar(
         "SELECT (SELECT COUNT(*) FROM users) + (SELECT COUNT(*) FROM events)
               + (SELECT COUNT(*) FROM servers) + (SELECT COUNT(*) FROM webhooks)",
@@ -144,8 +146,8 @@ async fn copy(source: &SqliteStore, target: &PgStore) -> Result<Vec<TableCount>>
         .execute(&mut *tx)
         .await?;
     }
-    tx.commit().await?;
-
+    // Counted before the commit: a copy that does not match is rolled back, leaving the
+    // target empty for another try.
     let mut counts = Vec::new();
     for table in TABLES {
         let sql = format!("SELECT COUNT(*) FROM {table}");
@@ -154,10 +156,37 @@ async fn copy(source: &SqliteStore, target: &PgStore) -> Result<Vec<TableCount>>
             source: sqlx::query_scalar(&sql)
                 .fetch_one(source.read_pool())
                 .await?,
-            target: sqlx::query_scalar(&sql).fetch_one(target.pool()).await?,
+            target: sqlx::query_scalar(&sql).fetch_one(&mut *tx).await?,
         });
     }
+    if counts.iter().all(|c| c.source == c.target) {
+        tx.commit().await?;
+    }
     Ok(counts)
+}
+
+/// Refuse to copy when the schema has a table [`TABLES`] does not name: it would be left
+/// behind without a word.
+async fn check_tables_known(target: &PgStore) -> Result<()> {
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT table_name::TEXT FROM information_schema.tables
+         WHERE table_schema = current_schema()
+           AND table_name NOT IN ('_sqlx_migrations', 'health_probe', 'hub_leases')",
+    )
+    .fetch_all(target.pool())
+    .await?;
+    let unknown: Vec<&str> = tables
+        .iter()
+        .map(String::as_str)
+        .filter(|t| !TABLES.contains(t))
+        .collect();
+    if !unknown.is_empty() {
+        return Err(Error::Internal(anyhow::anyhow!(
+            "migrate-data does not know the tables {}: this build cannot copy them",
+            unknown.join(", ")
+        )));
+    }
+    Ok(())
 }
 
 /// The target table's columns, in order, with the type their values are read as.

@@ -162,7 +162,10 @@ async fn upsert_buckets(conn: &mut PgConnection, sql: &str, buckets: &Buckets) -
     let mut counts: Vec<Vec<i64>> = (0..Metric::COUNT)
         .map(|_| Vec::with_capacity(buckets.len()))
         .collect();
-    for ((seq, bucket), b) in buckets {
+    // In key order, for the same reason as the servers' rows.
+    let mut sorted: Vec<_> = buckets.iter().collect();
+    sorted.sort_unstable_by_key(|(key, _)| **key);
+    for ((seq, bucket), b) in sorted {
         keys[0].push(*seq);
         keys[1].push(*bucket);
         keys[2].push(b.last_ts);
@@ -211,6 +214,9 @@ async fn update_servers(conn: &mut PgConnection, reports: &[&ReportWrite]) -> Re
         row.2 = i64::from(r.agent_interval_secs);
         row.3 = latest.or(row.3);
     }
+    // In server order: hubs writing the same servers lock their rows in one order, and so
+    // queue instead of deadlocking.
+    order.sort_unstable();
     let rows: Vec<_> = order.iter().map(|seq| (*seq, by_seq[seq])).collect();
     let known: Vec<i64> = sqlx::query_scalar(
         "UPDATE servers s SET last_seen_at = GREATEST(s.last_seen_at, u.seen),

@@ -110,15 +110,15 @@ impl PgStore {
             event_commits: Arc::default(),
             finishes,
         };
-        // The finisher holds a store without a sender of its own, so it ends when the last
-        // handle of this store is dropped.
+        // The finisher and the watcher hold a store without a sender of its own, so the
+        // finisher ends when the last handle of this store is dropped (or it is closed).
         let (closed, _) = tokio::sync::mpsc::unbounded_channel();
-        let finisher = Self {
+        let background = Self {
             finishes: closed,
             ..store.clone()
         };
-        tokio::spawn(webhooks::run_finisher(finisher, requests));
-        tokio::spawn(watch_other_writers(store.clone()));
+        tokio::spawn(webhooks::run_finisher(background.clone(), requests));
+        tokio::spawn(watch_other_writers(background));
         Ok(store)
     }
 
@@ -537,7 +537,7 @@ impl EventStore for PgStore {
         q.push(" ORDER BY seq DESC LIMIT ")
             .push_bind(i64::from(f.limit))
             .push(" OFFSET ")
-            .push_bind(f.offset as i64);
+            .push_bind(i64::try_from(f.offset).unwrap_or(i64::MAX));
         let rows = q.build().fetch_all(&self.read).await?;
         let events = rows
             .iter()

@@ -146,7 +146,12 @@ impl TaskStore for PgStore {
         expected: TaskStatus,
         event: Option<&Event>,
     ) -> Result<bool> {
-        let mut tx = self.begin_events().await?;
+        // The event log's lock only when there is an event: output updates need not queue.
+        let mut tx = if event.is_some() {
+            self.begin_events().await?
+        } else {
+            self.write.begin().await?
+        };
         let done = sqlx::query(
             "UPDATE tasks SET status = $1, cancel_requested = $2, cancelled_by = $3, started_at = $4,
                 finished_at = $5, exit_code = $6, stdout = $7, stderr = $8, output_truncated = $9,

@@ -397,7 +397,7 @@ impl WebhookStore for SqliteStore {
         .bind(webhook_id)
         .bind(status)
         .bind(i64::from(limit))
-        .bind(offset as i64)
+        .bind(i64::try_from(offset).unwrap_or(i64::MAX))
         .fetch_all(&self.read)
         .await?;
         let total: i64 = sqlx::query_scalar(
